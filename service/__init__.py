@@ -1,0 +1,1 @@
+"""rmserve: a reward-model scoring service."""

@@ -1,0 +1,1 @@
+"""The HTTP transport: FastAPI routes over the scoring core."""

@@ -1,0 +1,64 @@
+"""Domain errors to HTTP status codes, in one place; every error body is ErrorResponse."""
+
+from __future__ import annotations
+
+import logging
+import uuid
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+
+from service.errors import (
+    InvalidInputError,
+    NotReadyError,
+    OverloadedError,
+    ScoringError,
+    TooManyInputsError,
+    UnknownModelError,
+)
+
+logger = logging.getLogger("rmserve.http")
+RETRY_AFTER_S = 1
+
+_STATUS: dict[type[ScoringError], tuple[int, str]] = {
+    InvalidInputError: (422, "invalid_input"),
+    TooManyInputsError: (413, "too_many_inputs"),
+    UnknownModelError: (404, "unknown_model"),
+    NotReadyError: (503, "not_ready"),
+    OverloadedError: (503, "overloaded"),
+}
+
+
+def error_response(status: int, kind: str, message: str) -> JSONResponse:
+    headers = {"Retry-After": str(RETRY_AFTER_S)} if status in (429, 503) else None
+    body = {"error": {"type": kind, "message": message}}
+    return JSONResponse(body, status_code=status, headers=headers)
+
+
+def _describe_validation(exc: RequestValidationError) -> str:
+    """'body.inputs.0.prompt: Field required' — the field path first, so it says what to fix."""
+    parts = []
+    for error in exc.errors()[:5]:
+        location = ".".join(str(p) for p in error.get("loc", ()))
+        parts.append(f"{location}: {error.get('msg', 'invalid')}")
+    return "; ".join(parts) or "invalid request"
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    @app.exception_handler(ScoringError)
+    async def _scoring_error(_: Request, exc: ScoringError) -> JSONResponse:
+        status, kind = next(
+            (v for cls, v in _STATUS.items() if isinstance(exc, cls)), (500, "internal")
+        )
+        return error_response(status, kind, str(exc))
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation_error(_: Request, exc: RequestValidationError) -> JSONResponse:
+        return error_response(422, "invalid_request", _describe_validation(exc))
+
+    @app.exception_handler(Exception)
+    async def _unexpected(_: Request, exc: Exception) -> JSONResponse:
+        error_id = uuid.uuid4().hex[:12]
+        logger.exception("internal error %s", error_id, exc_info=exc)
+        return error_response(500, "internal", f"internal error (id {error_id}); see server log")

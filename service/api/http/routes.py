@@ -1,0 +1,103 @@
+"""Thin routes: wire model in, scoring core, wire model out."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, Request, Response
+from fastapi.responses import JSONResponse
+
+from service.api.http.errors import error_response
+from service.api.http.schemas import (
+    ErrorResponse,
+    ModelCard,
+    ModelList,
+    RankRequest,
+    RankResponse,
+    ScoreRequest,
+    ScoreResponse,
+    Usage,
+)
+from service.metrics import Metrics
+from service.registry import ModelRegistry
+from service.scoring import Scorer
+
+router = APIRouter()
+
+_ERRORS = {
+    code: {"model": ErrorResponse, "description": text}
+    for code, text in {
+        404: "unknown model", 413: "too many inputs or body too large",
+        422: "invalid request", 503: "not ready or overloaded (see Retry-After)",
+    }.items()
+}
+
+
+def get_scorer(request: Request) -> Scorer:
+    return request.app.state.scorer
+
+
+def get_registry(request: Request) -> ModelRegistry:
+    return request.app.state.registry
+
+
+def get_metrics(request: Request) -> Metrics:
+    return request.app.state.metrics
+
+
+@router.post("/v1/score", response_model=ScoreResponse, responses=_ERRORS)
+async def score(body: ScoreRequest, scorer: Annotated[Scorer, Depends(get_scorer)]) -> ScoreResponse:
+    """Score each (prompt, response), conversation or pre-formatted text; rewards in input order."""
+    result = await scorer.score(body.items(), body.model)
+    return ScoreResponse(
+        model=result.model,
+        version=result.version,
+        rewards=result.rewards,
+        truncated=result.truncated,
+        usage=Usage(tokens=result.tokens),
+    )
+
+
+@router.post("/v1/rank", response_model=RankResponse, responses=_ERRORS)
+async def rank(body: RankRequest, scorer: Annotated[Scorer, Depends(get_scorer)]) -> RankResponse:
+    """Best-of-n: rank candidate responses to one prompt or conversation, best first."""
+    result = await scorer.rank(
+        body.conversation(), body.responses, model=body.model, top_k=body.top_k
+    )
+    return RankResponse(
+        model=result.score.model,
+        version=result.score.version,
+        rewards=result.score.rewards,
+        ranking=result.ranking,
+        best=result.best,
+    )
+
+
+@router.get("/v1/models", response_model=ModelList)
+async def models(registry: Annotated[ModelRegistry, Depends(get_registry)]) -> ModelList:
+    return ModelList(models=[
+        ModelCard(
+            name=m.name, version=m.version, backend=m.backend.backend, device=m.backend.device,
+            dtype=m.backend.dtype, max_length=m.max_length,
+        )
+        for m in registry.all()
+    ])
+
+
+@router.get("/healthz")
+async def healthz() -> dict[str, str]:
+    """Alive: the process answers."""
+    return {"status": "ok"}
+
+
+@router.get("/readyz", responses={503: {"model": ErrorResponse}})
+async def readyz(registry: Annotated[ModelRegistry, Depends(get_registry)]) -> JSONResponse:
+    """Ready: every model is loaded and warmed up."""
+    if not registry.ready:
+        return error_response(503, "not_ready", registry.failure or "models are still loading")
+    return JSONResponse({"status": "ready"})
+
+
+@router.get("/metrics", include_in_schema=False)
+async def metrics(registry_metrics: Annotated[Metrics, Depends(get_metrics)]) -> Response:
+    return Response(registry_metrics.render(), media_type="text/plain; version=0.0.4")

@@ -1,0 +1,110 @@
+"""Wire models of the HTTP API (JSON in, JSON out) and their conversion to domain items."""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from service.items import Conversation, Message, PromptResponse, RawText, ScoreInput
+
+
+class _Strict(BaseModel):
+    # Unknown fields are errors, so a typo is reported instead of silently ignored.
+    model_config = ConfigDict(extra="forbid")
+
+
+class MessageIn(_Strict):
+    role: str = Field(min_length=1, examples=["user"])
+    content: str
+
+
+class PromptResponseIn(_Strict):
+    prompt: str
+    response: str
+
+
+class MessagesIn(_Strict):
+    messages: list[MessageIn] = Field(min_length=1)
+
+
+class TextIn(_Strict):
+    text: str
+
+
+ItemIn = PromptResponseIn | MessagesIn | TextIn
+
+
+class ScoreRequest(_Strict):
+    inputs: list[ItemIn] = Field(min_length=1, description="items to score, in order")
+    model: str | None = Field(None, description="served model name; default model when absent")
+
+    def items(self) -> list[ScoreInput]:
+        return [_to_item(item) for item in self.inputs]
+
+
+class Usage(BaseModel):
+    tokens: int
+
+
+class ScoreResponse(BaseModel):
+    model: str
+    version: str
+    rewards: list[float]
+    truncated: list[bool]
+    usage: Usage
+
+
+class RankRequest(_Strict):
+    prompt: str | None = None
+    messages: list[MessageIn] | None = Field(None, min_length=1)
+    responses: list[str] = Field(min_length=1, description="candidate responses to rank")
+    top_k: int | None = Field(None, ge=1, description="return only the best k indices")
+    model: str | None = None
+
+    @model_validator(mode="after")
+    def _one_context(self) -> RankRequest:
+        if (self.prompt is None) == (self.messages is None):
+            raise ValueError("give exactly one of 'prompt' or 'messages'")
+        return self
+
+    def conversation(self) -> list[Message]:
+        if self.prompt is not None:
+            return [Message("user", self.prompt)]
+        return [Message(m.role, m.content) for m in self.messages or []]
+
+
+class RankResponse(BaseModel):
+    model: str
+    version: str
+    rewards: list[float]
+    ranking: list[int]
+    best: int
+
+
+class ModelCard(BaseModel):
+    name: str
+    version: str
+    backend: str
+    device: str
+    dtype: str
+    max_length: int
+
+
+class ModelList(BaseModel):
+    models: list[ModelCard]
+
+
+class ErrorDetail(BaseModel):
+    type: str
+    message: str
+
+
+class ErrorResponse(BaseModel):
+    error: ErrorDetail
+
+
+def _to_item(item: ItemIn) -> ScoreInput:
+    if isinstance(item, PromptResponseIn):
+        return PromptResponse(item.prompt, item.response)
+    if isinstance(item, MessagesIn):
+        return Conversation(tuple(Message(m.role, m.content) for m in item.messages))
+    return RawText(item.text)

@@ -1,0 +1,151 @@
+"""Composition root: store -> backend -> batcher -> scorer -> HTTP app. The only module that
+names concrete classes; everything below it receives plain arguments."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import asynccontextmanager
+
+import torch
+from fastapi import FastAPI
+
+from model_store.store import ModelStore
+from service.api.http.errors import install_error_handlers
+from service.api.http.middleware import BodyLimitMiddleware, RequestMetricsMiddleware
+from service.api.http.routes import router
+from service.backends.torch_backend import TorchBackend, resolve_device
+from service.batching.batcher import Batcher
+from service.batching.policy import BatchLimits
+from service.formatting import InputFormatter
+from service.items import PromptResponse
+from service.loading import ModelSource, load_tokenizer, locate_model
+from service.metrics import Metrics
+from service.registry import ModelRegistry, ServedModel
+from service.scoring import Scorer
+from service.settings import DEFAULT_MODEL, Settings
+
+logger = logging.getLogger("rmserve")
+
+# Measured on a 2-core CPU (benchmarks/RESULTS.md): past ~2k padded tokens a CPU forward gains
+# nothing from more rows, while a GPU keeps gaining up to tens of thousands.
+_CPU_LIMITS = BatchLimits(max_pairs=32, max_tokens=2048, max_padding_fraction=0.2)
+_GPU_LIMITS = BatchLimits(max_pairs=256, max_tokens=32768, max_padding_fraction=0.5)
+
+
+def batch_limits(settings: Settings, device: torch.device) -> BatchLimits:
+    defaults = _GPU_LIMITS if device.type == "cuda" else _CPU_LIMITS
+    return BatchLimits(
+        max_pairs=settings.max_batch_pairs or defaults.max_pairs,
+        max_tokens=settings.max_batch_tokens or defaults.max_tokens,
+        max_padding_fraction=defaults.max_padding_fraction,
+    )
+
+
+def locate_models(settings: Settings) -> list[ModelSource]:
+    """Resolve and checksum-verify every --model before the server starts (fail fast)."""
+    store = ModelStore(settings.store)
+    return [locate_model(arg, store) for arg in settings.model or [DEFAULT_MODEL]]
+
+
+class ModelLoader:
+    """Loads, warms up and registers the models in the background while the server answers."""
+
+    def __init__(self, settings: Settings, registry: ModelRegistry, metrics: Metrics) -> None:
+        self._settings = settings
+        self._registry = registry
+        self._metrics = metrics
+        self._executors: dict[str, ThreadPoolExecutor] = {}
+
+    async def load_all(self, sources: list[ModelSource]) -> None:
+        try:
+            for source in sources:
+                await self._load(source)
+        except Exception as exc:
+            logger.exception("loading models failed")
+            self._registry.failure = f"model loading failed: {exc}"
+            return
+        self._registry.ready = True
+        logger.info("ready: %s", ", ".join(f"{m.name}:{m.version}" for m in self._registry.all()))
+
+    async def _load(self, source: ModelSource) -> None:
+        settings = self._settings
+        logger.info("loading %s:%s from %s", source.name, source.version, source.path)
+        tokenizer = await asyncio.to_thread(
+            load_tokenizer, source.path, trust_remote_code=settings.trust_remote_code
+        )
+        backend = await asyncio.to_thread(
+            TorchBackend.load, source.path, pad_token_id=tokenizer.pad_token_id,
+            device=settings.device, dtype=settings.dtype,
+            trust_remote_code=settings.trust_remote_code,
+        )
+        formatter = InputFormatter(tokenizer, source.max_length)
+        device = resolve_device(settings.device)
+        executor = self._executors.setdefault(
+            str(device), ThreadPoolExecutor(1, thread_name_prefix=f"forward-{device}")
+        )
+        if settings.warmup:
+            warm = formatter.format([PromptResponse("Warm-up prompt.", "Warm-up response.")])
+            await asyncio.get_running_loop().run_in_executor(
+                executor, backend.score, [w.pair for w in warm]
+            )
+        model_metrics = self._metrics.for_model(source.name, source.version)
+        batcher = Batcher(
+            backend.score, executor, batch_limits(settings, device),
+            max_wait_s=settings.max_wait_ms / 1000, max_queue_items=settings.max_queue_items,
+            observer=model_metrics,
+        )
+        batcher.start()
+        self._registry.add(ServedModel(
+            name=source.name, version=source.version, max_length=source.max_length,
+            formatter=formatter, batcher=batcher, backend=backend.info, metrics=model_metrics,
+        ))
+        info = backend.info
+        self._metrics.model_info.labels(
+            model=source.name, version=source.version, backend=info.backend,
+            device=info.device, dtype=info.dtype,
+        ).set(1)
+
+    async def close(self) -> None:
+        self._registry.ready = False
+        for model in self._registry.all():
+            await model.batcher.stop()
+        for executor in self._executors.values():
+            executor.shutdown(wait=True)
+
+
+def create_app(settings: Settings, sources: list[ModelSource] | None = None) -> FastAPI:
+    """The HTTP app; models load in the background once it starts (see /readyz)."""
+    if settings.threads:
+        torch.set_num_threads(settings.threads)
+    metrics = Metrics()
+    registry = ModelRegistry()
+    loader = ModelLoader(settings, registry, metrics)
+    to_load = sources if sources is not None else locate_models(settings)
+
+    @asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        loading = asyncio.create_task(loader.load_all(to_load))
+        try:
+            yield
+        finally:
+            loading.cancel()
+            await loader.close()
+
+    app = FastAPI(
+        title="rmserve",
+        summary="Reward-model scoring: scalar rewards for (prompt, response) pairs.",
+        version="0.1.0",
+        lifespan=lifespan,
+    )
+    app.state.scorer = Scorer(registry, max_inputs_per_request=settings.max_inputs_per_request)
+    app.state.registry = registry
+    app.state.metrics = metrics
+    install_error_handlers(app)
+    app.include_router(router)
+    endpoints = {route.path for route in router.routes}  # type: ignore[attr-defined]
+    app.add_middleware(RequestMetricsMiddleware, metrics=metrics, endpoints=endpoints)
+    app.add_middleware(BodyLimitMiddleware, max_body_bytes=settings.max_body_bytes)
+    return app

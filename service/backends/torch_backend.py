@@ -1,0 +1,95 @@
+"""PyTorch backend: a Hugging Face *ForSequenceClassification model with one scalar head."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+from transformers import AutoModelForSequenceClassification
+
+from service.backends.base import BackendInfo, EncodedPair
+
+_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+
+
+def resolve_device(device: str) -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:
+    if dtype == "auto":
+        return torch.bfloat16 if device.type == "cuda" else torch.float32
+    return _DTYPES[dtype]
+
+
+class TorchBackend:
+    """Pads a batch on the right, runs one forward pass and reads one reward per row.
+
+    Padding is always on the right, whatever the tokenizer says: with absolute positions
+    (BERT) and causal decoders alike, the real tokens then see exactly what they would see
+    unpadded. Decoders are read at each row's last real token, computed from the lengths,
+    so a pad token that also occurs in the text (pad == eos) cannot move the read-out.
+    """
+
+    def __init__(self, model: torch.nn.Module, *, pad_token_id: int, device: torch.device) -> None:
+        self._model = model
+        self._pad_token_id = pad_token_id
+        self._device = device
+        # Decoder heads (GPT-2, Llama, Qwen, Mistral...) are a `score` layer over a base model.
+        self._last_token_head: torch.nn.Module | None = getattr(model, "score", None)
+        dtype = next(model.parameters()).dtype
+        self.info = BackendInfo("torch", str(device), str(dtype).removeprefix("torch."))
+
+    @classmethod
+    def load(
+        cls,
+        folder: Path,
+        *,
+        pad_token_id: int,
+        device: str = "auto",
+        dtype: str = "auto",
+        trust_remote_code: bool = False,
+    ) -> TorchBackend:
+        torch_device = resolve_device(device)
+        model = AutoModelForSequenceClassification.from_pretrained(
+            folder,
+            dtype=resolve_dtype(dtype, torch_device),
+            attn_implementation="sdpa",
+            trust_remote_code=trust_remote_code,
+        )
+        if model.config.num_labels != 1:
+            raise ValueError(
+                f"{folder} has {model.config.num_labels} labels; a reward model has one scalar head"
+            )
+        model.config.pad_token_id = pad_token_id
+        return cls(model.to(torch_device).eval(), pad_token_id=pad_token_id, device=torch_device)
+
+    def score(self, batch: Sequence[EncodedPair]) -> list[float]:
+        lengths = torch.tensor([len(row) for row in batch])
+        width = int(lengths.max())
+        input_ids = torch.full((len(batch), width), self._pad_token_id, dtype=torch.long)
+        attention_mask = torch.zeros((len(batch), width), dtype=torch.long)
+        token_type_ids = torch.zeros_like(input_ids) if batch[0].token_type_ids else None
+        for i, row in enumerate(batch):
+            input_ids[i, : len(row)] = torch.tensor(row.input_ids)
+            attention_mask[i, : len(row)] = 1
+            if token_type_ids is not None and row.token_type_ids:
+                token_type_ids[i, : len(row)] = torch.tensor(row.token_type_ids)
+        inputs = {"input_ids": input_ids, "attention_mask": attention_mask}
+        if token_type_ids is not None:
+            inputs["token_type_ids"] = token_type_ids
+        inputs = {k: v.to(self._device, non_blocking=True) for k, v in inputs.items()}
+        with torch.inference_mode():
+            rewards = self._forward(inputs, lengths.to(self._device))
+        return rewards.float().cpu().tolist()
+
+    def _forward(self, inputs: dict[str, torch.Tensor], lengths: torch.Tensor) -> torch.Tensor:
+        if self._last_token_head is None:
+            return self._model(**inputs).logits[:, 0]
+        base = getattr(self._model, self._model.base_model_prefix)
+        hidden = base(**inputs, use_cache=False).last_hidden_state
+        last = hidden[torch.arange(hidden.shape[0], device=hidden.device), lengths - 1]
+        return self._last_token_head(last)[:, 0]

@@ -1,0 +1,183 @@
+"""The batching loop: owns the pending queue, timing, futures and the worker thread."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import Executor
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from service.backends.base import EncodedPair
+from service.batching.policy import BatchLimits, select_batch
+
+
+class QueueFullError(Exception):
+    """The queue cannot take a request's items now; the caller should retry later."""
+
+
+class BatcherClosedError(Exception):
+    """The batcher is shutting down and takes no new work."""
+
+
+@dataclass(frozen=True)
+class BatchReport:
+    """What one forward pass did, for metrics."""
+
+    size: int
+    real_tokens: int
+    padded_tokens: int
+    queue_waits_s: list[float]
+    inference_s: float
+    queue_depth: int
+
+
+class BatchObserver(Protocol):
+    def on_batch(self, report: BatchReport) -> None: ...
+
+    def on_queue_depth(self, depth: int) -> None: ...
+
+
+@dataclass(eq=False)
+class _Pending:
+    pair: EncodedPair
+    future: asyncio.Future[float]
+    enqueued_s: float = field(default_factory=time.monotonic)
+
+
+class Batcher:
+    """Merges items from concurrent requests into length-grouped batches for one backend.
+
+    The forward pass runs on a worker thread (one per device), so the event loop keeps
+    accepting requests while the model computes; batches are formed only when the worker
+    is free, which lets the queue grow and batches fill under load.
+    """
+
+    def __init__(
+        self,
+        score_batch: Callable[[Sequence[EncodedPair]], list[float]],
+        executor: Executor,
+        limits: BatchLimits,
+        *,
+        max_wait_s: float,
+        max_queue_items: int,
+        observer: BatchObserver | None = None,
+    ) -> None:
+        self._score_batch = score_batch
+        self._executor = executor
+        self.limits = limits
+        self._max_wait_s = max_wait_s
+        self._max_queue_items = max_queue_items
+        self._observer = observer
+        self._pending: list[_Pending] = []
+        self._wakeup = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self._closed = False
+
+    @property
+    def queue_depth(self) -> int:
+        return len(self._pending)
+
+    def start(self) -> None:
+        self._task = asyncio.get_running_loop().create_task(self._run(), name="batcher")
+
+    async def stop(self) -> None:
+        """Refuse new work, finish what is queued, then stop the loop."""
+        self._closed = True
+        self._wakeup.set()
+        if self._task is not None:
+            await self._task
+
+    def submit(self, pairs: Sequence[EncodedPair]) -> list[asyncio.Future[float]]:
+        """Queue all of a request's items or none of them; one future per item."""
+        if self._closed:
+            raise BatcherClosedError("the server is shutting down")
+        if len(self._pending) + len(pairs) > self._max_queue_items:
+            raise QueueFullError(
+                f"queue is full ({len(self._pending)} items waiting, limit {self._max_queue_items})"
+            )
+        loop = asyncio.get_running_loop()
+        items = [_Pending(pair, loop.create_future()) for pair in pairs]
+        self._pending.extend(items)
+        self._notify_depth()
+        self._wakeup.set()
+        return [item.future for item in items]
+
+    async def _run(self) -> None:
+        while True:
+            await self._wakeup.wait()
+            self._wakeup.clear()
+            while self._pending:
+                await self._wait_for_company()
+                batch = self._take_batch()
+                if batch:
+                    await self._compute(batch)
+            if self._closed:
+                return
+
+    async def _wait_for_company(self) -> None:
+        """Let the oldest item wait up to max_wait for others, unless a batch is already full."""
+        deadline = self._pending[0].enqueued_s + self._max_wait_s
+        while not self._closed and not self._batch_is_full():
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return
+            self._wakeup.clear()
+            try:
+                await asyncio.wait_for(self._wakeup.wait(), remaining)
+            except TimeoutError:
+                return
+
+    def _batch_is_full(self) -> bool:
+        limits = self.limits
+        if len(self._pending) >= limits.max_pairs:
+            return True
+        return sum(len(p.pair) for p in self._pending) >= limits.max_tokens
+
+    def _take_batch(self) -> list[_Pending]:
+        # Items whose caller went away are dropped before they cost a forward pass.
+        self._pending = [p for p in self._pending if not p.future.done()]
+        if not self._pending:
+            return []
+        chosen = select_batch([len(p.pair) for p in self._pending], 0, self.limits)
+        chosen_set = set(chosen)
+        batch = [self._pending[i] for i in chosen]
+        self._pending = [p for i, p in enumerate(self._pending) if i not in chosen_set]
+        self._notify_depth()
+        return batch
+
+    async def _compute(self, batch: list[_Pending]) -> None:
+        started = time.monotonic()
+        pairs = [p.pair for p in batch]
+        try:
+            rewards = await asyncio.get_running_loop().run_in_executor(
+                self._executor, self._score_batch, pairs
+            )
+            if len(rewards) != len(batch):
+                raise RuntimeError(f"backend returned {len(rewards)} rewards for {len(batch)} rows")
+        except Exception as exc:  # every waiting caller gets the error; nobody hangs
+            for item in batch:
+                if not item.future.done():
+                    item.future.set_exception(exc)
+            return
+        finished = time.monotonic()
+        for item, reward in zip(batch, rewards, strict=True):
+            if not item.future.done():
+                item.future.set_result(reward)
+        if self._observer is not None:
+            lengths = [len(p) for p in pairs]
+            self._observer.on_batch(
+                BatchReport(
+                    size=len(batch),
+                    real_tokens=sum(lengths),
+                    padded_tokens=len(lengths) * max(lengths),
+                    queue_waits_s=[started - p.enqueued_s for p in batch],
+                    inference_s=finished - started,
+                    queue_depth=len(self._pending),
+                )
+            )
+
+    def _notify_depth(self) -> None:
+        if self._observer is not None:
+            self._observer.on_queue_depth(len(self._pending))

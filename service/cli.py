@@ -1,0 +1,96 @@
+"""The `rmserve` command: serve, and manage the model store."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+from pathlib import Path
+
+from model_store.store import DEFAULT_STORE, ModelStore, ModelStoreError
+
+
+def _store_root(arg: Path | None) -> Path:
+    return arg or Path(os.environ.get("RMSERVE_STORE", DEFAULT_STORE))
+
+
+def _serve(argv: list[str]) -> int:
+    import uvicorn
+
+    from model_store.demo.build import build_demo
+    from service.app import create_app, locate_models
+    from service.settings import Settings
+
+    settings = Settings(_cli_parse_args=argv)
+    logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(name)s %(message)s")
+    if not settings.model:
+        build_demo(ModelStore(settings.store))
+    app = create_app(settings, locate_models(settings))
+    uvicorn.run(app, host=settings.host, port=settings.port, log_level=settings.log_level)
+    return 0
+
+
+def _models(args: argparse.Namespace) -> int:
+    store = ModelStore(_store_root(args.store))
+    if args.action == "list":
+        for stored in store.list():
+            m = stored.manifest
+            print(f"{m.ref:40} {m.architecture:40} max_length={m.max_length} {m.created:%Y-%m-%d}")
+    elif args.action == "show":
+        print(store.get(args.ref).manifest.model_dump_json(indent=2))
+    elif args.action == "import":
+        from model_store.hub import resolve_source
+
+        folder, source = resolve_source(args.src)
+        stored = store.publish(
+            folder, name=args.name, version=args.version, source=source,
+            max_length=args.max_length,
+        )
+        print(f"imported {stored.manifest.ref} into {stored.path}")
+    elif args.action == "build-demo":
+        from model_store.demo.build import build_demo
+
+        stored = build_demo(store)
+        print(json.dumps({"model": stored.manifest.ref, **stored.manifest.evaluation}))
+    return 0
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="rmserve", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True)
+    commands.add_parser(
+        "serve", add_help=False,
+        help="serve reward models over HTTP (rmserve serve --help lists every flag)",
+    )
+    models = commands.add_parser("models", help="manage the model store")
+    models.add_argument("--store", type=Path, help="store root (default: $RMSERVE_STORE or "
+                        f"{DEFAULT_STORE})")
+    actions = models.add_subparsers(dest="action", required=True)
+    actions.add_parser("list", help="every stored model version")
+    show = actions.add_parser("show", help="a version's manifest")
+    show.add_argument("ref", metavar="NAME[:VERSION]")
+    imp = actions.add_parser("import", help="copy an HF model folder (or hub id) into the store")
+    imp.add_argument("src", help="local Hugging Face model folder, or a hub id when reachable")
+    imp.add_argument("--name", required=True)
+    imp.add_argument("--version", help="default: the next vN")
+    imp.add_argument("--max-length", type=int, help="default: the tokenizer's or model's limit")
+    actions.add_parser("build-demo", help="train the embedded demo-minilm-rm model (once)")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["serve"]:
+        return _serve(argv[1:])
+    args = _parser().parse_args(argv)
+    try:
+        return _models(args)
+    except ModelStoreError as exc:
+        print(f"rmserve: {exc}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,25 @@
+"""Domain errors of the scoring core; each transport maps them to its own status codes."""
+
+
+class ScoringError(Exception):
+    """Base of every error a caller can be told about."""
+
+
+class InvalidInputError(ScoringError):
+    """The request is well-formed but cannot be scored as asked."""
+
+
+class TooManyInputsError(ScoringError):
+    """More inputs in one request than the configured limit."""
+
+
+class UnknownModelError(ScoringError):
+    """The request names a model this server does not serve."""
+
+
+class NotReadyError(ScoringError):
+    """Models are still loading or the server is shutting down."""
+
+
+class OverloadedError(ScoringError):
+    """The queue is full; the caller should retry after a short wait."""

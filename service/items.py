@@ -1,0 +1,36 @@
+"""The three kinds of input a caller can ask to be scored."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True, slots=True)
+class Message:
+    role: str
+    content: str
+
+
+@dataclass(frozen=True, slots=True)
+class PromptResponse:
+    """A prompt and the response being judged."""
+
+    prompt: str
+    response: str
+
+
+@dataclass(frozen=True, slots=True)
+class Conversation:
+    """A chat; the last message is the one being judged."""
+
+    messages: tuple[Message, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class RawText:
+    """Text already formatted for the model, e.g. what a PPO trainer decoded."""
+
+    text: str
+
+
+ScoreInput = PromptResponse | Conversation | RawText

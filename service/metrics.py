@@ -1,0 +1,93 @@
+"""Prometheus metrics, one registry per app, named by stage with base units."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+from service.batching.batcher import BatchReport
+
+# Sub-millisecond to tens of seconds.
+_LATENCY_BUCKETS_S = (
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0
+)
+_SIZE_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512)
+_TOKEN_BUCKETS = (16, 64, 256, 512, 1024, 2048, 4096, 8192, 16384, 32768, 65536)
+_RATIO_BUCKETS = (0.0, 0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.8, 1.0)
+
+
+class Metrics:
+    """Every metric rmserve exports; labels are bounded (model, version, endpoint, code)."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self.requests = Counter(
+            "rmserve_requests", "HTTP requests answered", ["endpoint", "code"], registry=r
+        )
+        self.request_duration = Histogram(
+            "rmserve_request_duration_seconds", "End-to-end request latency",
+            ["endpoint"], buckets=_LATENCY_BUCKETS_S, registry=r,
+        )
+        self.items = Counter("rmserve_items", "Items scored", ["model", "version"], registry=r)
+        self.tokens = Counter("rmserve_tokens", "Tokens scored", ["model", "version"], registry=r)
+        self.queue_wait = Histogram(
+            "rmserve_queue_wait_seconds", "Time an item waited before its forward pass",
+            ["model", "version"], buckets=_LATENCY_BUCKETS_S, registry=r,
+        )
+        self.inference_duration = Histogram(
+            "rmserve_inference_duration_seconds", "Duration of one batched forward pass",
+            ["model", "version"], buckets=_LATENCY_BUCKETS_S, registry=r,
+        )
+        self.batch_size = Histogram(
+            "rmserve_batch_size", "Rows per forward pass",
+            ["model", "version"], buckets=_SIZE_BUCKETS, registry=r,
+        )
+        self.batch_tokens = Histogram(
+            "rmserve_batch_tokens", "Padded tokens per forward pass",
+            ["model", "version"], buckets=_TOKEN_BUCKETS, registry=r,
+        )
+        self.padding_ratio = Histogram(
+            "rmserve_padding_ratio", "Share of padded tokens in a forward pass",
+            ["model", "version"], buckets=_RATIO_BUCKETS, registry=r,
+        )
+        self.queue_depth = Gauge(
+            "rmserve_queue_depth", "Items waiting for a forward pass", ["model", "version"],
+            registry=r,
+        )
+        self.model_info = Gauge(
+            "rmserve_model_info", "Loaded models (value 1)",
+            ["model", "version", "backend", "device", "dtype"], registry=r,
+        )
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)
+
+    def for_model(self, model: str, version: str) -> ModelMetrics:
+        return ModelMetrics(self, model, version)
+
+
+class ModelMetrics:
+    """The batcher's observer for one model: turns batch reports into metric samples."""
+
+    def __init__(self, metrics: Metrics, model: str, version: str) -> None:
+        labels = {"model": model, "version": version}
+        self._queue_wait = metrics.queue_wait.labels(**labels)
+        self._inference = metrics.inference_duration.labels(**labels)
+        self._batch_size = metrics.batch_size.labels(**labels)
+        self._batch_tokens = metrics.batch_tokens.labels(**labels)
+        self._padding = metrics.padding_ratio.labels(**labels)
+        self._queue_depth = metrics.queue_depth.labels(**labels)
+        self.items = metrics.items.labels(**labels)
+        self.tokens = metrics.tokens.labels(**labels)
+
+    def on_batch(self, report: BatchReport) -> None:
+        for wait in report.queue_waits_s:
+            self._queue_wait.observe(wait)
+        self._inference.observe(report.inference_s)
+        self._batch_size.observe(report.size)
+        self._batch_tokens.observe(report.padded_tokens)
+        self._padding.observe(1 - report.real_tokens / report.padded_tokens)
+        self._queue_depth.set(report.queue_depth)
+
+    def on_queue_depth(self, depth: int) -> None:
+        self._queue_depth.set(depth)
