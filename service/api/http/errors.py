@@ -8,6 +8,7 @@ import uuid
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException
 
 from service.errors import (
     InvalidInputError,
@@ -40,6 +41,9 @@ def _describe_validation(exc: RequestValidationError) -> str:
     """'body.inputs.0.prompt: Field required' — the field path first, so it says what to fix."""
     parts = []
     for error in exc.errors()[:5]:
+        if error.get("type") == "json_invalid":
+            reason = error.get("ctx", {}).get("error", "unparseable")
+            return f"request body is not valid UTF-8 JSON ({reason})"
         location = ".".join(str(p) for p in error.get("loc", ()))
         parts.append(f"{location}: {error.get('msg', 'invalid')}")
     return "; ".join(parts) or "invalid request"
@@ -56,6 +60,14 @@ def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(RequestValidationError)
     async def _validation_error(_: Request, exc: RequestValidationError) -> JSONResponse:
         return error_response(422, "invalid_request", _describe_validation(exc))
+
+    @app.exception_handler(HTTPException)
+    async def _http_error(_: Request, exc: HTTPException) -> JSONResponse:
+        # Framework errors (unparseable body, unknown path, wrong method) get the same body shape.
+        kind = {400: "bad_request", 404: "not_found", 405: "method_not_allowed"}.get(
+            exc.status_code, "http_error"
+        )
+        return error_response(exc.status_code, kind, str(exc.detail))
 
     @app.exception_handler(Exception)
     async def _unexpected(_: Request, exc: Exception) -> JSONResponse:

@@ -1,0 +1,31 @@
+"""Shared fixtures: tiny models with real tokenizers, built once per test session."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from tests.fixtures.tiny_models import build_tiny_bert, build_tiny_gpt2, build_tiny_llama
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+# name -> (builder, tokenizer padding side); the service must not care about the padding side.
+TINY_MODELS = {
+    "bert-right": (build_tiny_bert, "right"),
+    "bert-left": (build_tiny_bert, "left"),
+    "gpt2-left": (build_tiny_gpt2, "left"),
+    "gpt2-right": (build_tiny_gpt2, "right"),
+    "llama-left": (build_tiny_llama, "left"),
+    "llama-right": (build_tiny_llama, "right"),
+}
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dirs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("tiny-models")
+    return {
+        name: builder(root / name, padding_side=side)
+        for name, (builder, side) in TINY_MODELS.items()
+    }

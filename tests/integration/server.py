@@ -1,0 +1,61 @@
+"""Start the real `rmserve serve` in a subprocess on a free loopback port."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+
+STARTUP_TIMEOUT_S = 120
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@contextlib.contextmanager
+def running_server(
+    args: list[str], *, store: Path, wait_ready: bool = True, env: dict[str, str] | None = None
+) -> Iterator[str]:
+    """Yield the base URL of a server started with `rmserve serve ARGS`; stop it afterwards."""
+    port = free_port()
+    command = [sys.executable, "-m", "service.cli", "serve", "--host", "127.0.0.1",
+               "--port", str(port), "--store", str(store), "--log-level", "warning", *args]
+    process = subprocess.Popen(
+        command, env={**os.environ, "HF_HUB_OFFLINE": "1", **(env or {})},
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        _wait(process, url, "/readyz" if wait_ready else "/healthz")
+        yield url
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+def _wait(process: subprocess.Popen[str], url: str, path: str) -> None:
+    deadline = time.monotonic() + STARTUP_TIMEOUT_S
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            output = process.stdout.read() if process.stdout else ""
+            raise RuntimeError(f"server exited with {process.returncode}:\n{output}")
+        with contextlib.suppress(httpx.TransportError):
+            if httpx.get(url + path, timeout=2).status_code == 200:
+                return
+        time.sleep(0.2)
+    process.kill()
+    raise TimeoutError(f"server did not answer {path} within {STARTUP_TIMEOUT_S}s")
