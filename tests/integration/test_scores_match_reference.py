@@ -16,7 +16,9 @@ from tests.conftest import TINY_MODELS
 from tests.integration.server import running_server
 
 TOLERANCE = 1e-5
-WORDS = ["hello", "world", "question", "answer", "reward", "model", "prompt", "response", "good", "bad", "helpful", "rude", "python", "cook", "pasta", "travel", "paris", "explain", "why", "because", "code", "function", "sorry", "cannot", "help", "the", "a", "of", "to", "in", "and", "is", "it", "you", "that", "was", "for", "on", "are", "with", "as", "they", "be", "at", "this", "from", "or"]
+WORDS = ("hello world question answer reward model prompt response good bad helpful rude python "
+         "cook pasta travel paris explain why because code function sorry cannot help the a of to "
+         "in and is it you that was for on are with as they be at this from or").split()
 
 
 def _sentence(rng: random.Random, low: int, high: int) -> str:
