@@ -35,6 +35,7 @@ class InputFormatter:
         self.max_length = max_length
         self.has_chat_template = bool(getattr(tokenizer, "chat_template", None))
         self._with_token_types = "token_type_ids" in tokenizer.model_input_names
+        self._special_ids = frozenset(tokenizer.all_special_ids)
 
     def format(self, items: Sequence[ScoreInput]) -> list[FormattedItem]:
         """Format a request's items, in order (one tokenizer call per kind of encoding)."""
@@ -106,8 +107,11 @@ class InputFormatter:
 
     def _truncate(self, encoding: Any, roles: list[int]) -> FormattedItem:
         ids: list[int] = encoding.ids
-        roles = [_KEEP if special else role
-                 for role, special in zip(roles, encoding.special_tokens_mask, strict=True)]
+        # Special tokens (added by the tokenizer, or already in a raw text, like BOS) are never cut.
+        roles = [
+            _KEEP if special or token in self._special_ids else role
+            for token, role, special in zip(ids, roles, encoding.special_tokens_mask, strict=True)
+        ]
         excess = len(ids) - self.max_length
         keep = [True] * len(ids)
         if excess > 0:

@@ -1,0 +1,96 @@
+"""The batching loop with a fake backend: order, batching, failures and the queue bound."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+
+from service.backends.base import EncodedPair
+from service.batching.batcher import Batcher, QueueFullError
+from service.batching.policy import BatchLimits
+
+
+class FakeBackend:
+    """Reward = sum of token ids, so every answer can be checked; records batch sizes."""
+
+    def __init__(self, fail: bool = False) -> None:
+        self.batches: list[int] = []
+        self.fail = fail
+        self.threads: set[str] = set()
+
+    def score(self, batch):
+        self.threads.add(threading.current_thread().name)
+        self.batches.append(len(batch))
+        if self.fail:
+            raise RuntimeError("forward pass exploded")
+        return [float(sum(p.input_ids)) for p in batch]
+
+
+def pair(*ids: int) -> EncodedPair:
+    return EncodedPair(tuple(ids))
+
+
+async def _with_batcher(backend, body, *, limits=None, max_queue_items=1000):
+    with ThreadPoolExecutor(1, thread_name_prefix="forward") as executor:
+        batcher = Batcher(backend.score, executor, limits or BatchLimits(16, 4096),
+                          max_wait_s=0.01, max_queue_items=max_queue_items)
+        batcher.start()
+        try:
+            return await body(batcher)
+        finally:
+            await batcher.stop()
+
+
+def test_concurrent_requests_share_batches_and_get_their_own_answers_in_order() -> None:
+    backend = FakeBackend()
+
+    async def body(batcher):
+        requests = [[pair(r, i, *([1] * (i % 5))) for i in range(r % 7 + 1)] for r in range(40)]
+
+        async def one(items):
+            return await asyncio.gather(*batcher.submit(items))
+
+        results = await asyncio.gather(*(one(items) for items in requests))
+        for items, rewards in zip(requests, results, strict=True):
+            assert rewards == [float(sum(p.input_ids)) for p in items]
+
+    asyncio.run(_with_batcher(backend, body))
+    assert max(backend.batches) > 1
+    assert backend.threads == {"forward_0"}
+
+
+def test_a_failing_forward_fails_every_waiting_request() -> None:
+    async def body(batcher):
+        results = await asyncio.gather(
+            *(asyncio.gather(*batcher.submit([pair(1), pair(2)])) for _ in range(5)),
+            return_exceptions=True,
+        )
+        assert all(isinstance(r, RuntimeError) for r in results)
+
+    asyncio.run(_with_batcher(FakeBackend(fail=True), body))
+
+
+def test_a_full_queue_refuses_the_whole_request() -> None:
+    async def body(batcher):
+        futures = batcher.submit([pair(1)] * 3)
+        with pytest.raises(QueueFullError, match="limit 4"):
+            batcher.submit([pair(1)] * 2)
+        assert await asyncio.gather(*futures) == [1.0] * 3
+
+    asyncio.run(_with_batcher(FakeBackend(), body, max_queue_items=4))
+
+
+def test_cancelled_items_are_not_computed() -> None:
+    backend = FakeBackend()
+
+    async def body(batcher):
+        dropped = batcher.submit([pair(9)] * 5)
+        for future in dropped:
+            future.cancel()
+        assert await asyncio.gather(*batcher.submit([pair(1)])) == [1.0]
+
+    asyncio.run(_with_batcher(backend, body))
+    assert sum(backend.batches) == 1
