@@ -82,11 +82,10 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    if argv[:1] == ["serve"]:
-        return _serve(argv[1:])
-    args = _parser().parse_args(argv)
     try:
-        return _models(args)
+        if argv[:1] == ["serve"]:
+            return _serve(argv[1:])
+        return _models(_parser().parse_args(argv))
     except ModelStoreError as exc:
         print(f"rmserve: {exc}", file=sys.stderr)
         return 1
