@@ -1,0 +1,36 @@
+"""The PyTorch backend on CUDA: same rewards as the CPU reference (skipped without a GPU)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import httpx
+import pytest
+import torch
+from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+from tests.integration.server import running_server
+from tests.integration.test_scores_match_reference import mixed_items, reference_reward
+
+pytestmark = pytest.mark.gpu
+
+# Half precision keeps about three significant digits of these small rewards.
+TOLERANCE = {"float32": 1e-4, "bfloat16": 5e-2, "float16": 1e-2}
+
+
+@pytest.mark.parametrize("dtype", list(TOLERANCE))
+@pytest.mark.parametrize("name", ["bert-right", "gpt2-left", "llama-left"])
+def test_cuda_rewards_match_the_cpu_reference(
+    name: str, dtype: str, tiny_model_dirs: dict[str, Path], tmp_path: Path
+) -> None:
+    folder = tiny_model_dirs[name]
+    model = AutoModelForSequenceClassification.from_pretrained(folder).eval()
+    tokenizer = AutoTokenizer.from_pretrained(folder)
+    items = mixed_items(seed=3, count=24)
+    expected = [reference_reward(model, tokenizer, item) for item in items]
+    args = ["--model", str(folder), "--device", "cuda", "--dtype", dtype]
+    with running_server(args, store=tmp_path / "store") as url:
+        cards = httpx.get(f"{url}/v1/models").json()["models"]
+        assert cards[0]["device"].startswith("cuda") and cards[0]["dtype"] == dtype
+        served = httpx.post(f"{url}/v1/score", json={"inputs": items}, timeout=60).json()["rewards"]
+    assert torch.allclose(torch.tensor(served), torch.tensor(expected), atol=TOLERANCE[dtype])
