@@ -54,12 +54,13 @@ class TorchBackend:
         trust_remote_code: bool = False,
     ) -> TorchBackend:
         torch_device = resolve_device(device)
-        model = AutoModelForSequenceClassification.from_pretrained(
-            folder,
-            dtype=resolve_dtype(dtype, torch_device),
-            attn_implementation="sdpa",
-            trust_remote_code=trust_remote_code,
-        )
+        options = {"dtype": resolve_dtype(dtype, torch_device), "trust_remote_code": trust_remote_code}
+        try:
+            model = AutoModelForSequenceClassification.from_pretrained(
+                folder, attn_implementation="sdpa", **options
+            )
+        except ValueError:  # this architecture has no SDPA attention: use its default
+            model = AutoModelForSequenceClassification.from_pretrained(folder, **options)
         if model.config.num_labels != 1:
             raise ValueError(
                 f"{folder} has {model.config.num_labels} labels; a reward model has one scalar head"

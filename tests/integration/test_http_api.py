@@ -142,3 +142,27 @@ def test_a_model_that_fails_to_load_is_not_ready_and_says_why(tmp_path: Path,
         assert ready.status_code == 503 and "failed" in ready.json()["error"]["message"]
         scored = post(url, "/v1/score", {"inputs": [{"text": "x"}]})
         assert scored.status_code == 503 and scored.headers["retry-after"]
+
+
+def test_a_full_queue_answers_503_with_retry_after_and_loses_nothing(
+    tmp_path: Path, tiny_model_dirs: dict[str, Path]
+) -> None:
+    import asyncio
+
+    args = ["--model", str(tiny_model_dirs["bert-right"]), "--max-queue-items", "2",
+            "--max-wait-ms", "50"]
+
+    async def burst(url: str) -> list[httpx.Response]:
+        async with httpx.AsyncClient(base_url=url, timeout=30) as client:
+            return await asyncio.gather(*(
+                client.post("/v1/score", json={"inputs": [{"text": f"item {i}"}]}) for i in range(40)
+            ))
+
+    with running_server(args, store=tmp_path / "store") as url:
+        responses = asyncio.run(burst(url))
+        assert httpx.get(f"{url}/healthz").status_code == 200
+    codes = [r.status_code for r in responses]
+    assert set(codes) == {200, 503} and len(codes) == 40
+    refused = next(r for r in responses if r.status_code == 503)
+    assert refused.headers["retry-after"] == "1"
+    assert "queue is full" in refused.json()["error"]["message"]
