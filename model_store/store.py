@@ -13,7 +13,7 @@ from typing import Any
 
 from model_store.manifest import MANIFEST_FILE, Manifest, checksum_files, sha256_of
 
-DEFAULT_STORE = Path("~/.cache/rmserve/models").expanduser()
+DEFAULT_STORE = Path("~/.cache/rmserve/models")  # expanded when used, not at import
 _NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 _VERSION_PATTERN = re.compile(r"^v(\d+)$")
 # Tokenizers report a huge sentinel when they have no length limit of their own.
