@@ -84,7 +84,7 @@ class ModelLoader:
         formatter = InputFormatter(tokenizer, source.max_length)
         device = resolve_device(settings.device)
         executor = self._executors.setdefault(
-            str(device), ThreadPoolExecutor(1, thread_name_prefix=f"forward-{device}")
+            str(device), ThreadPoolExecutor(settings.forward_workers, thread_name_prefix=f"forward-{device}")
         )
         if settings.warmup:
             warm = formatter.format([PromptResponse("Warm-up prompt.", "Warm-up response.")])
@@ -95,7 +95,7 @@ class ModelLoader:
         batcher = Batcher(
             backend.score, executor, batch_limits(settings, device),
             max_wait_s=settings.max_wait_ms / 1000, max_queue_items=settings.max_queue_items,
-            observer=model_metrics,
+            workers=settings.forward_workers, observer=model_metrics,
         )
         batcher.start()
         self._registry.add(ServedModel(

@@ -42,8 +42,13 @@ class Settings(BaseSettings):
     max_batch_tokens: int = Field(
         0, ge=0, description="most padded tokens per forward; 0 = per-device default"
     )
+    forward_workers: int = Field(
+        1, ge=1, description="batches computed at once per device (each on its own thread)"
+    )
     max_wait_ms: float = Field(
-        2.0, ge=0, description="how long the oldest queued item may wait for others to join its batch"
+        0.0, ge=0,
+        description="how long the oldest queued item may wait for others to join its batch; batches "
+        "already fill while the model is busy, so waiting only pays off for sparse, bursty traffic",
     )
     max_queue_items: int = Field(4096, ge=1, description="queued items beyond this get 503")
     max_inputs_per_request: int = Field(1024, ge=1, description="inputs per request beyond this: 413")

@@ -49,9 +49,9 @@ class _Pending:
 class Batcher:
     """Merges items from concurrent requests into length-grouped batches for one backend.
 
-    The forward pass runs on a worker thread (one per device), so the event loop keeps
-    accepting requests while the model computes; batches are formed only when the worker
-    is free, which lets the queue grow and batches fill under load.
+    The forward pass runs on worker threads, so the event loop keeps accepting requests
+    while the model computes; a batch is formed only when a worker is free, which lets the
+    queue grow and batches fill under load. `workers` batches may be in flight at once.
     """
 
     def __init__(
@@ -62,6 +62,7 @@ class Batcher:
         *,
         max_wait_s: float,
         max_queue_items: int,
+        workers: int = 1,
         observer: BatchObserver | None = None,
     ) -> None:
         self._score_batch = score_batch
@@ -72,6 +73,8 @@ class Batcher:
         self._observer = observer
         self._pending: list[_Pending] = []
         self._wakeup = asyncio.Event()
+        self._free_workers = asyncio.Semaphore(workers)
+        self._in_flight: set[asyncio.Task[None]] = set()
         self._task: asyncio.Task[None] | None = None
         self._closed = False
 
@@ -109,12 +112,22 @@ class Batcher:
             await self._wakeup.wait()
             self._wakeup.clear()
             while self._pending:
+                await self._free_workers.acquire()
                 await self._wait_for_company()
                 batch = self._take_batch()
-                if batch:
-                    await self._compute(batch)
+                if not batch:
+                    self._free_workers.release()
+                    continue
+                task = asyncio.create_task(self._compute(batch))
+                self._in_flight.add(task)
+                task.add_done_callback(self._finished)
             if self._closed:
+                await asyncio.gather(*self._in_flight)
                 return
+
+    def _finished(self, task: asyncio.Task[None]) -> None:
+        self._in_flight.discard(task)
+        self._free_workers.release()
 
     async def _wait_for_company(self) -> None:
         """Let the oldest item wait up to max_wait for others, unless a batch is already full."""

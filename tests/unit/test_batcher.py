@@ -94,3 +94,33 @@ def test_cancelled_items_are_not_computed() -> None:
 
     asyncio.run(_with_batcher(backend, body))
     assert sum(backend.batches) == 1
+
+
+def test_workers_compute_that_many_batches_at_once_and_no_more() -> None:
+    running, peak, lock = 0, 0, threading.Lock()
+    release = threading.Event()
+
+    def slow_score(batch):
+        nonlocal running, peak
+        with lock:
+            running += 1
+            peak = max(peak, running)
+        release.wait(timeout=5)
+        with lock:
+            running -= 1
+        return [float(sum(p.input_ids)) for p in batch]
+
+    async def main():
+        with ThreadPoolExecutor(2, thread_name_prefix="forward") as executor:
+            batcher = Batcher(slow_score, executor, BatchLimits(1, 4096), max_wait_s=0,
+                              max_queue_items=100, workers=2)
+            batcher.start()
+            futures = batcher.submit([pair(i) for i in range(6)])
+            await asyncio.sleep(0.2)  # both workers are now blocked in slow_score
+            release.set()
+            rewards = await asyncio.wait_for(asyncio.gather(*futures), timeout=10)
+            await batcher.stop()
+        return rewards
+
+    assert asyncio.run(main()) == [float(i) for i in range(6)]
+    assert peak == 2
