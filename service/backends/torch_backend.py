@@ -54,6 +54,11 @@ class TorchBackend:
         trust_remote_code: bool = False,
     ) -> TorchBackend:
         torch_device = resolve_device(device)
+        if torch_device.type == "cuda":
+            # cuDNN's attention builds a new graph for every (batch, length) shape it meets, about
+            # 4 ms per layer on an H100; with a server's ever-changing shapes that dominates. The
+            # flash and memory-efficient kernels have no such per-shape cost.
+            torch.backends.cuda.enable_cudnn_sdp(False)
         options = {"dtype": resolve_dtype(dtype, torch_device), "trust_remote_code": trust_remote_code}
         try:
             model = AutoModelForSequenceClassification.from_pretrained(
