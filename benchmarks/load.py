@@ -7,8 +7,9 @@
 For each workload it measures (1) the model's forward pass run offline with transformers
 (length-sorted batches of 1/8/32/64 and unsorted batches of 64; the best is the ceiling a server
 on this machine could reach), (2) `rmserve serve` and (3) benchmarks/naive_server.py under a
-closed-loop HTTP load, one pair per request, at each concurrency. Servers are started here on
-127.0.0.1 and stopped at the end. Workloads:
+closed-loop HTTP load at each concurrency, one pair per request (`--pairs-per-request` for more:
+a trainer's batch of rollouts). Servers are started here on 127.0.0.1 and stopped at the end.
+Workloads:
   mixed  hh-rlhf harmless-base test transcripts (../shared/data, relative to the repo root), split
          into prompt = up to and including the last "\\n\\nAssistant:", response = the reply after
          it; synthetic text of a similar length spread when the file is absent.
@@ -82,6 +83,7 @@ class LoadResult:
     errors: int
     window_s: float
     throughput_rps: float
+    pairs_per_s: float
     p50_ms: float
     p95_ms: float
     p99_ms: float
@@ -269,7 +271,7 @@ async def scrape(session: aiohttp.ClientSession, url: str) -> dict[str, float]:
 
 async def run_load(
     base_url: str, bodies: list[bytes], concurrency: int, *, pid: int, warmup_s: float,
-    duration_s: float, max_requests: int, has_metrics: bool,
+    duration_s: float, max_requests: int, has_metrics: bool, pairs_per_request: int,
 ) -> LoadResult:
     """Closed loop: `concurrency` clients each send one request after another.
 
@@ -326,6 +328,7 @@ async def run_load(
         errors=len(inside) - len(latencies_ms),
         window_s=span_s,
         throughput_rps=len(latencies_ms) / span_s,
+        pairs_per_s=len(latencies_ms) * pairs_per_request / span_s,
         p50_ms=percentile(latencies_ms, 50),
         p95_ms=percentile(latencies_ms, 95),
         p99_ms=percentile(latencies_ms, 99),
@@ -352,16 +355,20 @@ def bench_server(
     print(f"\n[{name}] {shlex.join(command)}", flush=True)
     with server_process(command, port, log_dir / f"{name}.log") as pid:
         for workload in workloads:
-            bodies = [json.dumps({"inputs": [{"prompt": p, "response": r}]}).encode()
-                      for p, r in workload.pairs]
+            size = args.pairs_per_request
+            chunks = [workload.pairs[i : i + size] for i in range(0, len(workload.pairs), size)]
+            bodies = [json.dumps({"inputs": [{"prompt": p, "response": r} for p, r in chunk]}).encode()
+                      for chunk in chunks if len(chunk) == size]
             results[workload.name] = []
             for concurrency in args.concurrency:
                 result = asyncio.run(run_load(
                     f"http://127.0.0.1:{port}", bodies, concurrency, pid=pid,
                     warmup_s=args.warmup_s, duration_s=args.duration_s,
                     max_requests=args.max_requests, has_metrics=name == "rmserve",
+                    pairs_per_request=args.pairs_per_request,
                 ))
                 print(f"  {workload.name:5} c={concurrency:<3} {result.throughput_rps:7.1f} req/s "
+                      f"{result.pairs_per_s:7.1f} pairs/s "
                       f"p50 {result.p50_ms:7.0f} ms  errors {result.errors}  "
                       f"other cpu {result.other_cpu_pct:.0f}%", flush=True)
                 results[workload.name].append(result)
@@ -384,19 +391,20 @@ def report(workload: Workload, offline: dict[str, float], servers: dict[str, lis
     if offline:
         print("offline forward, pairs/s: " + "  ".join(f"{k} {v:.1f}" for k, v in offline.items())
               + f"  | best {best:.1f}")
-    print(f"{'server':8} {'conc':>4} {'req/s':>7} {'p50 ms':>7} {'p95 ms':>7} {'p99 ms':>7} "
+    print(f"{'server':8} {'conc':>4} {'req/s':>7} {'pairs/s':>7} {'p50 ms':>7} {'p95 ms':>7} {'p99 ms':>7} "
           f"{'batch':>6} {'pad %':>6} {'cpu% srv/cli/other':>18} {'/offline':>8} {'/naive':>7}")
     ratios: dict[str, dict[int, float | None]] = {"offline": {}, "naive": {}}
     for name, results in servers.items():
         for r in results:
-            vs_offline = r.throughput_rps / best if best else None
-            vs_naive = r.throughput_rps / naive[r.concurrency].throughput_rps if (
+            vs_offline = r.pairs_per_s / best if best else None
+            vs_naive = r.pairs_per_s / naive[r.concurrency].pairs_per_s if (
                 name == "rmserve" and r.concurrency in naive) else None
             if name == "rmserve":
                 ratios["offline"][r.concurrency], ratios["naive"][r.concurrency] = vs_offline, vs_naive
             padding = None if r.padding_fraction is None else 100 * r.padding_fraction
             cpu = f"{r.server_cpu_pct:.0f}/{r.client_cpu_pct:.0f}/{r.other_cpu_pct:.0f}"
-            print(f"{name:8} {r.concurrency:>4} {r.throughput_rps:>7.1f} {r.p50_ms:>7.0f} "
+            print(f"{name:8} {r.concurrency:>4} {r.throughput_rps:>7.1f} {r.pairs_per_s:>7.1f} "
+                  f"{r.p50_ms:>7.0f} "
                   f"{r.p95_ms:>7.0f} {r.p99_ms:>7.0f} {fmt(r.mean_batch_pairs, '6.1f'):>6} "
                   f"{fmt(padding, '6.1f'):>6} {cpu:>18} "
                   f"{fmt(vs_offline, '7.2f'):>8} {fmt(vs_naive, '6.2f'):>7}")
@@ -438,6 +446,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="weights dtype of all three; default float32 on CPU, bfloat16 on CUDA")
     parser.add_argument("--server-args", default="", help="extra `rmserve serve` flags")
     parser.add_argument("--naive-args", default="", help="extra naive_server.py flags")
+    parser.add_argument("--pairs-per-request", type=int, default=1,
+                        help="pairs in each request (a trainer sends hundreds; best-of-n a few)")
     parser.add_argument("--pairs", type=int, default=2000, help="distinct pairs per workload")
     parser.add_argument("--offline-pairs", type=int, default=256, help="pairs per offline shape")
     parser.add_argument("--offline-cap-s", type=float, default=10.0, help="time cap per shape")
