@@ -12,12 +12,12 @@ Prints one line of JSON. Needs the shared data folder, so no test depends on it.
 from __future__ import annotations
 
 import argparse
-import gzip
-import itertools
 import json
 import sys
 import time
 from pathlib import Path
+
+from hh_rlhf import HH_DATA, preference_rows, split_transcript
 
 from model_store.store import DEFAULT_STORE, ModelStore
 from service.backends.torch_backend import TorchBackend
@@ -25,36 +25,28 @@ from service.formatting import InputFormatter
 from service.items import PromptResponse
 from service.loading import load_tokenizer, locate_model
 
-DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "hh-rlhf-harmless-base-test.jsonl.gz"
-ASSISTANT = "\n\nAssistant:"
 BATCH = 16
-
-
-def split_transcript(transcript: str) -> PromptResponse:
-    cut = transcript.rfind(ASSISTANT) + len(ASSISTANT)
-    return PromptResponse(transcript[:cut], transcript[cut:].strip())
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", default="demo-minilm-rm", help="store NAME[:VERSION] or HF folder")
     parser.add_argument("--store", type=Path, default=DEFAULT_STORE)
-    parser.add_argument("--data", type=Path, default=DEFAULT_DATA, help="hh-rlhf .jsonl.gz file")
+    parser.add_argument("--data", type=Path, default=HH_DATA, help="hh-rlhf .jsonl.gz file")
     parser.add_argument("--limit", type=int, default=0, help="first N pairs only (0: all)")
     args = parser.parse_args()
     if not args.data.is_file():
         print(f"no data file at {args.data}", file=sys.stderr)
         return 2
-    with gzip.open(args.data, "rt", encoding="utf-8") as lines:
-        rows = [json.loads(line) for line in itertools.islice(lines, args.limit or None)]
-    rows = [r for r in rows if ASSISTANT in r["chosen"] and ASSISTANT in r["rejected"]]
+    rows = preference_rows(args.data, args.limit)
 
     started = time.perf_counter()
     source = locate_model(args.model, ModelStore(args.store.expanduser()))
     tokenizer = load_tokenizer(source.path)
     formatter = InputFormatter(tokenizer, source.max_length)
     backend = TorchBackend.load(source.path, pad_token_id=tokenizer.pad_token_id, device="cpu")
-    items = formatter.format([split_transcript(r[key]) for key in ("chosen", "rejected") for r in rows])
+    transcripts = [r[key] for key in ("chosen", "rejected") for r in rows]
+    items = formatter.format([PromptResponse(*split_transcript(t)) for t in transcripts])
     # Length-sorted batches, as the server's batcher forms them.
     order = sorted(range(len(items)), key=lambda i: len(items[i].pair))
     rewards = [0.0] * len(items)

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import gzip
 import json
 import os
 import random
@@ -39,14 +38,13 @@ from typing import Any
 
 import aiohttp
 import torch
+from hh_rlhf import ASSISTANT, HH_DATA, preference_rows, split_transcript
 from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
 from model_store.store import DEFAULT_STORE, ModelStore
 from service.loading import locate_model
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-HH_DATA = REPO_ROOT.parent / "shared" / "data" / "hh-rlhf-harmless-base-test.jsonl.gz"
-ASSISTANT = "\n\nAssistant:"
 OFFLINE_SHAPES = (("sorted", 1), ("sorted", 8), ("sorted", 32), ("sorted", 64), ("unsorted", 64))
 # The team's targets at the highest concurrency (2-core CPU, MiniLM): (workload, versus, ratio).
 TARGETS = (("mixed", "offline", 0.85), ("mixed", "naive", 1.3), ("short", "naive", 1.5))
@@ -97,16 +95,8 @@ class LoadResult:
 # ---- workloads -------------------------------------------------------------------------------
 
 
-def split_transcript(transcript: str) -> tuple[str, str]:
-    cut = transcript.rfind(ASSISTANT) + len(ASSISTANT)
-    return transcript[:cut], transcript[cut:].strip()
-
-
 def hh_pairs(path: Path) -> list[tuple[str, str]]:
-    with gzip.open(path, "rt", encoding="utf-8") as lines:
-        rows = [json.loads(line) for line in lines]
-    return [split_transcript(row[key]) for row in rows for key in ("chosen", "rejected")
-            if ASSISTANT in row[key]]
+    return [split_transcript(row[key]) for row in preference_rows(path) for key in ("chosen", "rejected")]
 
 
 def words(rng: random.Random, count: int) -> str:
