@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 
@@ -18,6 +18,20 @@ class Normalization(BaseModel):
 
     mean: float
     std: float = Field(gt=0)
+
+
+class OnnxExport(BaseModel):
+    """An ONNX export of the model, stored beside its weights, and how well it matched PyTorch."""
+
+    file: str = Field(description="the graph, relative to the version folder")
+    opset: int
+    dtype: Literal["float32", "float16"]
+    optimized: bool = Field(description="ONNX Runtime transformer fusions applied offline")
+    parity: dict[str, int | float] = Field(
+        description="vs the PyTorch model: inputs checked, max_abs_diff, ranking_agreement"
+    )
+    exporter: str
+    created: datetime = Field(default_factory=lambda: datetime.now(UTC))
 
 
 class Manifest(BaseModel):
@@ -33,6 +47,10 @@ class Manifest(BaseModel):
     source: str
     normalization: Normalization | None = None
     evaluation: dict[str, Any] = Field(default_factory=dict)
+    onnx: OnnxExport | None = None
+    preferred_backend: Literal["torch", "onnx"] = Field(
+        "torch", description="what `rmserve serve --backend auto` runs this model with"
+    )
 
     @property
     def ref(self) -> str:

@@ -152,6 +152,27 @@ class ModelStore:
             raise
         return StoredModel(path=target, manifest=manifest)
 
+    def staging_folder(self, stored: StoredModel) -> Path:
+        """A hidden folder inside a version, to build new files in before `add_folder`."""
+        return Path(tempfile.mkdtemp(prefix=".staging-", dir=stored.path))
+
+    def add_folder(self, stored: StoredModel, name: str, staging: Path, **changes: Any) -> StoredModel:
+        """Move a finished staging folder into a version as `name` (replacing an older one),
+        and record its files' checksums and `changes` in the manifest.
+
+        The new files appear with one rename; until the manifest names them they are ignored.
+        """
+        target = stored.path / name
+        retired = stored.path / f".retired-{name}-{os.getpid()}"
+        if target.exists():
+            os.rename(target, retired)
+        os.rename(staging, target)
+        kept = {k: v for k, v in stored.manifest.files.items() if not k.startswith(f"{name}/")}
+        added = {f"{name}/{k}": v for k, v in checksum_files(target).items()}
+        updated = self.update_manifest(stored, files={**kept, **added}, **changes)
+        shutil.rmtree(retired, ignore_errors=True)
+        return updated
+
     def update_manifest(self, stored: StoredModel, **changes: Any) -> StoredModel:
         """Rewrite a version's manifest (e.g. new evaluation results) atomically."""
         manifest = stored.manifest.model_copy(update=changes)

@@ -16,7 +16,9 @@ from model_store.store import ModelStore
 from service.api.http.errors import install_error_handlers
 from service.api.http.middleware import BodyLimitMiddleware, RequestMetricsMiddleware
 from service.api.http.routes import router
-from service.backends.torch_backend import TorchBackend, resolve_device
+from service.backends.base import Backend
+from service.backends.onnx_backend import OnnxBackend, import_onnxruntime
+from service.backends.torch_backend import TorchBackend
 from service.batching.batcher import Batcher
 from service.batching.policy import BatchLimits
 from service.formatting import InputFormatter
@@ -35,8 +37,8 @@ _CPU_LIMITS = BatchLimits(max_pairs=32, max_tokens=2048, max_padding_fraction=0.
 _GPU_LIMITS = BatchLimits(max_pairs=256, max_tokens=32768, max_padding_fraction=0.5)
 
 
-def batch_limits(settings: Settings, device: torch.device) -> BatchLimits:
-    defaults = _GPU_LIMITS if device.type == "cuda" else _CPU_LIMITS
+def batch_limits(settings: Settings, device: str) -> BatchLimits:
+    defaults = _GPU_LIMITS if device.startswith("cuda") else _CPU_LIMITS
     return BatchLimits(
         max_pairs=settings.max_batch_pairs or defaults.max_pairs,
         max_tokens=settings.max_batch_tokens or defaults.max_tokens,
@@ -47,7 +49,27 @@ def batch_limits(settings: Settings, device: torch.device) -> BatchLimits:
 def locate_models(settings: Settings) -> list[ModelSource]:
     """Resolve and checksum-verify every --model before the server starts (fail fast)."""
     store = ModelStore(settings.store)
-    return [locate_model(arg, store) for arg in settings.model or [DEFAULT_MODEL]]
+    sources = [locate_model(arg, store, settings.backend) for arg in settings.model or [DEFAULT_MODEL]]
+    if any(source.backend == "onnx" for source in sources):
+        import_onnxruntime()  # a missing extra is a one-line error now, not a failed load later
+    return sources
+
+
+def load_backend(source: ModelSource, settings: Settings, pad_token_id: int) -> Backend:
+    if source.backend == "torch":
+        return TorchBackend.load(
+            source.path, pad_token_id=pad_token_id, device=settings.device, dtype=settings.dtype,
+            trust_remote_code=settings.trust_remote_code,
+        )
+    backend = OnnxBackend.load(
+        source.onnx_file, pad_token_id=pad_token_id, device=settings.device, threads=settings.threads
+    )
+    if settings.dtype not in ("auto", backend.info.dtype):
+        raise ValueError(
+            f"{source.name}'s ONNX export is {backend.info.dtype}; its dtype is fixed when it is exported "
+            "(rmserve models export-onnx [--fp16]): drop --dtype or use --backend torch"
+        )
+    return backend
 
 
 class ModelLoader:
@@ -76,15 +98,11 @@ class ModelLoader:
         tokenizer = await asyncio.to_thread(
             load_tokenizer, source.path, trust_remote_code=settings.trust_remote_code
         )
-        backend = await asyncio.to_thread(
-            TorchBackend.load, source.path, pad_token_id=tokenizer.pad_token_id,
-            device=settings.device, dtype=settings.dtype,
-            trust_remote_code=settings.trust_remote_code,
-        )
+        backend = await asyncio.to_thread(load_backend, source, settings, tokenizer.pad_token_id)
         formatter = InputFormatter(tokenizer, source.max_length)
-        device = resolve_device(settings.device)
+        device = backend.info.device
         executor = self._executors.setdefault(
-            str(device), ThreadPoolExecutor(settings.forward_workers, thread_name_prefix=f"forward-{device}")
+            device, ThreadPoolExecutor(settings.forward_workers, thread_name_prefix=f"forward-{device}")
         )
         if settings.warmup:
             warm = formatter.format([PromptResponse("Warm-up prompt.", "Warm-up response.")])

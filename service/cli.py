@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 from model_store.store import DEFAULT_STORE, ModelStore, ModelStoreError
+from service.backends.onnx_backend import BackendUnavailableError
 
 
 def _store_root(arg: Path | None) -> Path:
@@ -37,7 +38,9 @@ def _models(args: argparse.Namespace) -> int:
     if args.action == "list":
         for stored in store.list():
             m = stored.manifest
-            print(f"{m.ref:40} {m.architecture:40} max_length={m.max_length} {m.created:%Y-%m-%d}")
+            onnx = f" onnx={m.onnx.dtype}" if m.onnx else ""
+            print(f"{m.ref:40} {m.architecture:40} max_length={m.max_length} {m.created:%Y-%m-%d}"
+                  f" backend={m.preferred_backend}{onnx}")
     elif args.action == "show":
         print(store.get(args.ref).manifest.model_dump_json(indent=2))
     elif args.action == "import":
@@ -49,6 +52,16 @@ def _models(args: argparse.Namespace) -> int:
             max_length=args.max_length,
         )
         print(f"imported {stored.manifest.ref} into {stored.path}")
+    elif args.action == "export-onnx":
+        from model_store.onnx_export import export_onnx, timed_progress
+
+        opset = {"opset": args.opset} if args.opset else {}
+        stored, report = export_onnx(
+            store, args.ref, fp16=args.fp16, optimize=args.optimize, prefer=args.prefer, **opset,
+            progress=timed_progress(lambda line: print(line, file=sys.stderr, flush=True)),
+        )
+        print(json.dumps({"model": stored.manifest.ref, "file": str(stored.path / "onnx" / "model.onnx"),
+                          "preferred_backend": stored.manifest.preferred_backend, **report.as_dict()}))
     elif args.action == "build-demo":
         from model_store.demo.build import build_demo
 
@@ -76,6 +89,16 @@ def _parser() -> argparse.ArgumentParser:
     imp.add_argument("--name", required=True)
     imp.add_argument("--version", help="default: the next vN")
     imp.add_argument("--max-length", type=int, help="default: the tokenizer's or model's limit")
+    export = actions.add_parser(
+        "export-onnx", help="export a stored model to ONNX, check it against PyTorch, record it"
+    )
+    export.add_argument("ref", metavar="NAME[:VERSION]")
+    export.add_argument("--opset", type=int, help="ONNX opset, 14 to 20 (default: 17)")
+    export.add_argument("--fp16", action="store_true", help="float16 weights (for GPUs; checked by ranking)")
+    export.add_argument("--optimize", action="store_true",
+                        help="apply ONNX Runtime's transformer fusions (attention, layer norm, GELU) offline")
+    export.add_argument("--prefer", action="store_true",
+                        help="make ONNX this version's preferred backend (`serve --backend auto`)")
     actions.add_parser("build-demo", help="train the embedded demo-minilm-rm model (once)")
     return parser
 
@@ -86,7 +109,7 @@ def main(argv: list[str] | None = None) -> int:
         if argv[:1] == ["serve"]:
             return _serve(argv[1:])
         return _models(_parser().parse_args(argv))
-    except ModelStoreError as exc:
+    except (ModelStoreError, BackendUnavailableError) as exc:
         print(f"rmserve: {exc}", file=sys.stderr)
         return 1
 

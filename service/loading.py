@@ -4,11 +4,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from transformers import AutoTokenizer
 
-from model_store.store import ModelStore, max_length_of, read_config
+from model_store.onnx_export import GRAPH_FILE
+from model_store.store import ModelStore, ModelStoreError, max_length_of, read_config
+
+BackendName = Literal["torch", "onnx"]
 
 
 @dataclass(frozen=True)
@@ -19,6 +22,11 @@ class ModelSource:
     version: str
     path: Path
     max_length: int
+    backend: BackendName
+
+    @property
+    def onnx_file(self) -> Path:
+        return self.path / GRAPH_FILE
 
 
 def parse_model_arg(arg: str) -> tuple[str | None, str]:
@@ -27,20 +35,33 @@ def parse_model_arg(arg: str) -> tuple[str | None, str]:
     return (alias, ref) if sep else (None, arg)
 
 
-def locate_model(arg: str, store: ModelStore) -> ModelSource:
+def locate_model(arg: str, store: ModelStore, backend: BackendName | Literal["auto"] = "auto") -> ModelSource:
     """An existing folder is served as is ('local' version); anything else is a store reference.
 
     Store models are checksum-verified here, so a tampered or incomplete model never loads.
+    `auto` picks the backend the manifest prefers (torch for plain folders).
     """
     alias, ref = parse_model_arg(arg)
     folder = Path(ref).expanduser()
     if folder.is_dir():
         config = read_config(folder)
-        return ModelSource(alias or folder.name, "local", folder, max_length_of(folder, config))
-    stored = store.get(ref)
-    store.verify(stored)
-    manifest = stored.manifest
-    return ModelSource(alias or manifest.name, manifest.version, stored.path, manifest.max_length)
+        source = ModelSource(
+            alias or folder.name, "local", folder, max_length_of(folder, config),
+            "torch" if backend == "auto" else backend,
+        )
+    else:
+        stored = store.get(ref)
+        store.verify(stored)
+        m = stored.manifest
+        source = ModelSource(
+            alias or m.name, m.version, stored.path, m.max_length,
+            m.preferred_backend if backend == "auto" else backend,
+        )
+    if source.backend == "onnx" and not source.onnx_file.is_file():
+        raise ModelStoreError(
+            f"{ref} has no ONNX export ({GRAPH_FILE}): run `rmserve models export-onnx {ref}` first"
+        )
+    return source
 
 
 def load_tokenizer(path: Path, *, trust_remote_code: bool = False) -> Any:

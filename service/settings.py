@@ -32,12 +32,14 @@ class Settings(BaseSettings):
         description="model to serve, repeatable: NAME[:VERSION] from the store, or an HF folder; "
         "optionally ALIAS=REF. The first is the default. Empty: the embedded demo model",
     )
-    backend: Literal["torch"] = Field("torch", description="inference backend")
+    backend: Literal["auto", "torch", "onnx"] = Field(
+        "auto", description="inference backend; auto = the manifest's preferred backend (torch for folders)"
+    )
     device: str = Field("auto", description="'auto' (cuda when present, else cpu), 'cpu', 'cuda:N'")
     dtype: Literal["auto", "float32", "float16", "bfloat16"] = Field(
         "auto", description="weights dtype: auto = float32 on CPU, bfloat16 on CUDA"
     )
-    threads: int = Field(0, ge=0, description="CPU threads for the model; 0 = all cores")
+    threads: int = Field(0, ge=0, description="CPU threads per forward (torch, ONNX Runtime); 0 = all cores")
     max_batch_pairs: int = Field(0, ge=0, description="most pairs per forward; 0 = per-device default")
     max_batch_tokens: int = Field(
         0, ge=0, description="most padded tokens per forward; 0 = per-device default"

@@ -9,6 +9,7 @@ import torch
 from transformers import AutoModelForSequenceClassification
 
 from service.backends.base import BackendInfo, EncodedPair
+from service.backends.padding import PaddedBatch
 
 _DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
@@ -28,10 +29,8 @@ def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:
 class TorchBackend:
     """Pads a batch on the right, runs one forward pass and reads one reward per row.
 
-    Padding is always on the right, whatever the tokenizer says: with absolute positions
-    (BERT) and causal decoders alike, the real tokens then see exactly what they would see
-    unpadded. Decoders are read at each row's last real token, computed from the lengths,
-    so a pad token that also occurs in the text (pad == eos) cannot move the read-out.
+    Decoders are read at each row's last real token, computed from the lengths, so a pad
+    token that also occurs in the text (pad == eos) cannot move the read-out.
     """
 
     def __init__(self, model: torch.nn.Module, *, pad_token_id: int, device: torch.device) -> None:
@@ -74,22 +73,14 @@ class TorchBackend:
         return cls(model.to(torch_device).eval(), pad_token_id=pad_token_id, device=torch_device)
 
     def score(self, batch: Sequence[EncodedPair]) -> list[float]:
-        lengths = torch.tensor([len(row) for row in batch])
-        width = int(lengths.max())
-        input_ids = torch.full((len(batch), width), self._pad_token_id, dtype=torch.long)
-        attention_mask = torch.zeros((len(batch), width), dtype=torch.long)
-        token_type_ids = torch.zeros_like(input_ids) if batch[0].token_type_ids else None
-        for i, row in enumerate(batch):
-            input_ids[i, : len(row)] = torch.tensor(row.input_ids)
-            attention_mask[i, : len(row)] = 1
-            if token_type_ids is not None and row.token_type_ids:
-                token_type_ids[i, : len(row)] = torch.tensor(row.token_type_ids)
-        inputs = {"input_ids": input_ids, "attention_mask": attention_mask}
-        if token_type_ids is not None:
-            inputs["token_type_ids"] = token_type_ids
-        inputs = {k: v.to(self._device, non_blocking=True) for k, v in inputs.items()}
+        padded = PaddedBatch.of(batch, self._pad_token_id)
+        arrays = {"input_ids": padded.input_ids, "attention_mask": padded.attention_mask}
+        if padded.token_type_ids is not None:
+            arrays["token_type_ids"] = padded.token_type_ids
+        inputs = {k: torch.from_numpy(v).to(self._device, non_blocking=True) for k, v in arrays.items()}
+        lengths = torch.from_numpy(padded.lengths).to(self._device, non_blocking=True)
         with torch.inference_mode():
-            rewards = self._forward(inputs, lengths.to(self._device))
+            rewards = self._forward(inputs, lengths)
         return rewards.float().cpu().tolist()
 
     def _forward(self, inputs: dict[str, torch.Tensor], lengths: torch.Tensor) -> torch.Tensor:
