@@ -49,6 +49,7 @@ def locate_model(arg: str, store: ModelStore, backend: BackendName | Literal["au
             alias or folder.name, "local", folder, max_length_of(folder, config),
             "torch" if backend == "auto" else backend,
         )
+        exported = source.onnx_file.is_file()
     else:
         stored = store.get(ref)
         store.verify(stored)
@@ -57,7 +58,9 @@ def locate_model(arg: str, store: ModelStore, backend: BackendName | Literal["au
             alias or m.name, m.version, stored.path, m.max_length,
             m.preferred_backend if backend == "auto" else backend,
         )
-    if source.backend == "onnx" and not source.onnx_file.is_file():
+        # An export counts once its parity check has recorded it (and its checksum) here.
+        exported = m.onnx is not None
+    if source.backend == "onnx" and not exported:
         raise ModelStoreError(
             f"{ref} has no ONNX export ({GRAPH_FILE}): run `rmserve models export-onnx {ref}` first"
         )

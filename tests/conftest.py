@@ -40,3 +40,20 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     for item in items:
         if "gpu" in item.keywords:
             item.add_marker(skip)
+
+
+# Store names of the models exported to ONNX: one encoder, two decoders.
+ONNX_MODELS = {"bert": "bert-right", "gpt2": "gpt2-left", "llama": "llama-left"}
+
+
+@pytest.fixture(scope="session")
+def onnx_store(tiny_model_dirs: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A model store holding the tiny models, each with a checked fp32 ONNX export."""
+    from model_store.onnx_export import export_onnx
+    from model_store.store import ModelStore
+
+    store = ModelStore(tmp_path_factory.mktemp("onnx-store"))
+    for name, tiny in ONNX_MODELS.items():
+        store.publish(tiny_model_dirs[tiny], name=name, source="test")
+        export_onnx(store, name)
+    return store.root

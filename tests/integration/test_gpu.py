@@ -9,8 +9,8 @@ import pytest
 import torch
 from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
+from tests.integration.reference import mixed_items, reference_reward
 from tests.integration.server import running_server
-from tests.integration.test_scores_match_reference import mixed_items, reference_reward
 
 pytestmark = pytest.mark.gpu
 
