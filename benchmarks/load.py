@@ -354,7 +354,7 @@ def bench_server(
                 result = asyncio.run(run_load(
                     f"http://127.0.0.1:{port}", bodies, concurrency, pid=pid,
                     warmup_s=args.warmup_s, duration_s=args.duration_s,
-                    max_requests=args.max_requests, has_metrics=name == "rmserve",
+                    max_requests=args.max_requests, has_metrics=name.startswith("rmserve"),
                     pairs_per_request=args.pairs_per_request,
                 ))
                 print(f"  {workload.name:5} c={concurrency:<3} {result.throughput_rps:7.1f} req/s "
