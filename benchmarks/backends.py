@@ -5,8 +5,11 @@
 
 (1) Offline: rmserve's two backends (TorchBackend, OnnxBackend) score the same tokenised rows in
 length-sorted batches of 1, 8 and 32 pairs, with no server around them: blocks of one backend,
-then the other, each shape warmed up first. (2) Served: `rmserve serve --backend torch` and
-`--backend onnx` under the same closed-loop HTTP load as benchmarks/load.py (one pair per request).
+then the other, each shape warmed up first. (2) By length: batches of 8 same-length
+rows, to show where the time goes: PyTorch with its fused SDPA attention and with eager
+attention (the maths the ONNX graph holds), and ONNX Runtime. (3) Served: `rmserve serve
+--backend torch` and `--backend onnx` under the same closed-loop HTTP load as benchmarks/load.py
+(one pair per request).
 The model needs an ONNX export matching --fp16/--optimize in the store; one is made if it lacks it.
 """
 
@@ -32,6 +35,7 @@ from load import (
     build_workload,
     free_port,
 )
+from transformers import AutoModelForSequenceClassification
 
 from model_store.onnx_export import export_onnx, timed_progress
 from model_store.store import DEFAULT_STORE, ModelStore
@@ -43,6 +47,7 @@ from service.items import PromptResponse
 from service.loading import load_tokenizer, locate_model
 
 BATCH_SIZES = (1, 8, 32)
+LENGTHS = (32, 128, 512)
 
 
 def ensure_export(store: ModelStore, ref: str, *, fp16: bool, optimize: bool) -> None:
@@ -82,6 +87,30 @@ def run_offline(
             random.Random(size).shuffle(batches)  # the time cap then cuts a fair sample
             results[name][size] = offline_pairs_per_s(backend.score, batches, cap_s)
             print(f"[offline] {name:5} batch {size:>2}: {results[name][size]:7.1f} pairs/s", flush=True)
+    return results
+
+
+def median_forward_s(score: Any, batch: list[EncodedPair], repeats: int = 5) -> float:
+    score(batch)
+    times = []
+    for _ in range(repeats):
+        started = time.perf_counter()
+        score(batch)
+        times.append(time.perf_counter() - started)
+    return sorted(times)[repeats // 2]
+
+
+def run_by_length(backends: dict[str, Any], vocab_size: int, max_length: int) -> dict[int, dict[str, float]]:
+    """Median ms per forward of 8 random rows of one length, for each backend."""
+    rng = random.Random(0)
+    results: dict[int, dict[str, float]] = {}
+    print(f"\n{'8 rows, ms':12}" + "".join(f"{name:>13}" for name in backends) + f"{'onnx/torch':>12}")
+    for length in (n for n in LENGTHS if n <= max_length):
+        batch = [EncodedPair(tuple(rng.randrange(vocab_size) for _ in range(length))) for _ in range(8)]
+        results[length] = {name: 1e3 * median_forward_s(b.score, batch) for name, b in backends.items()}
+        row = results[length]
+        print(f"{f'length {length}':12}" + "".join(f"{ms:>13.1f}" for ms in row.values())
+              + f"{row['torch'] / row['onnx']:>11.2f}x", flush=True)
     return results
 
 
@@ -126,7 +155,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--fp16", action="store_true", help="use (or make) a float16 ONNX export")
     parser.add_argument("--optimize", action="store_true", help="use (or make) an optimized export")
     parser.add_argument("--workload", default="mixed,short", type=lambda s: s.split(","))
-    parser.add_argument("--parts", default="offline,served", type=lambda s: s.split(","))
+    parser.add_argument("--parts", default="offline,lengths,served", type=lambda s: s.split(","))
     parser.add_argument("--concurrency", default="1,64", type=lambda s: [int(c) for c in s.split(",")])
     parser.add_argument("--duration-s", type=float, default=10.0, help="measurement window")
     parser.add_argument("--warmup-s", type=float, default=2.0, help="load before each window")
@@ -158,7 +187,8 @@ def main(argv: list[str] | None = None) -> int:
           f"{export.dtype} optimized={export.optimized} (opset {export.opset}); {os.cpu_count()} CPUs, "
           f"device {args.device}" + (f" ({torch.cuda.get_device_name()})" if args.device != "cpu" else ""))
     offline: dict[str, dict[str, dict[int, float]]] = {}
-    if "offline" in args.parts:
+    by_length: dict[int, dict[str, float]] = {}
+    if {"offline", "lengths"} & set(args.parts):
         pad = tokenizer.pad_token_id
         backends = {
             "torch": TorchBackend.load(
@@ -167,10 +197,19 @@ def main(argv: list[str] | None = None) -> int:
             "onnx": OnnxBackend.load(source.onnx_file, pad_token_id=pad, device=args.device),
         }
         print(f"offline devices: torch {backends['torch'].info.device}, onnx {backends['onnx'].info.device}")
-        for workload in workloads:
+        for workload in workloads if "offline" in args.parts else []:
             pairs = [PromptResponse(p, r) for p, r in workload.pairs[: args.offline_pairs]]
             rows = [item.pair for item in formatter.format(pairs)]
             offline[workload.name] = run_offline(backends, rows, args.offline_cap_s)
+        if "lengths" in args.parts:
+            eager = AutoModelForSequenceClassification.from_pretrained(
+                source.path, attn_implementation="eager", dtype=getattr(torch, args.torch_dtype)
+            )
+            backends = {"torch": backends["torch"],
+                        "torch-eager": TorchBackend(eager.to(args.device).eval(), pad_token_id=pad,
+                                                    device=torch.device(args.device)),
+                        "onnx": backends["onnx"]}
+            by_length = run_by_length(backends, len(tokenizer), source.max_length)
         del backends
     served: dict[str, dict[str, list[LoadResult]]] = {}
     if "served" in args.parts:
@@ -192,6 +231,7 @@ def main(argv: list[str] | None = None) -> int:
             "args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
             "export": export.model_dump(mode="json"),
             "offline_pairs_per_s": offline,
+            "ms_per_8_rows_by_length": by_length,
             "served": {w: {n: [vars(r) for r in rs] for n, rs in per.items()} for w, per in served.items()},
             "onnx_over_torch": summary,
         }, indent=2))

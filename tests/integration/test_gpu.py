@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 
 import httpx
@@ -9,7 +10,8 @@ import pytest
 import torch
 from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-from tests.integration.reference import mixed_items, reference_reward
+from model_store.store import ModelStore
+from tests.integration.reference import mixed_items, reference_reward, score_concurrently
 from tests.integration.server import running_server
 
 pytestmark = pytest.mark.gpu
@@ -34,3 +36,21 @@ def test_cuda_rewards_match_the_cpu_reference(
         assert cards[0]["device"].startswith("cuda") and cards[0]["dtype"] == dtype
         served = httpx.post(f"{url}/v1/score", json={"inputs": items}, timeout=60).json()["rewards"]
     assert torch.allclose(torch.tensor(served), torch.tensor(expected), atol=TOLERANCE[dtype])
+
+
+@pytest.mark.parametrize("name", ["bert", "gpt2", "llama"])
+def test_onnx_cuda_execution_provider_matches_the_cpu_reference(name: str, onnx_store: Path) -> None:
+    ort = pytest.importorskip("onnxruntime")
+    if "CUDAExecutionProvider" not in ort.get_available_providers():
+        pytest.skip("onnxruntime-gpu is not installed (pip install 'rmserve[gpu]')")
+    folder = ModelStore(onnx_store).get(name).path
+    model = AutoModelForSequenceClassification.from_pretrained(folder).eval()
+    tokenizer = AutoTokenizer.from_pretrained(folder)
+    items = mixed_items(seed=5, count=24)
+    expected = [reference_reward(model, tokenizer, item) for item in items]
+    args = ["--model", name, "--backend", "onnx", "--device", "cuda", "--max-wait-ms", "20"]
+    with running_server(args, store=onnx_store) as url:
+        cards = httpx.get(f"{url}/v1/models").json()["models"]
+        assert (cards[0]["backend"], cards[0]["device"]) == ("onnx", "cuda:0")
+        served = asyncio.run(score_concurrently(url, name, items))
+    assert torch.allclose(torch.tensor(served), torch.tensor(expected), atol=TOLERANCE["float32"])
