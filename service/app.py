@@ -14,7 +14,7 @@ from fastapi import FastAPI
 
 from model_store.store import ModelStore
 from service.api.http.errors import install_error_handlers
-from service.api.http.middleware import BodyLimitMiddleware, RequestMetricsMiddleware
+from service.api.http.middleware import BodyLimitMiddleware, RequestObserverMiddleware
 from service.api.http.routes import router
 from service.backends.base import Backend
 from service.backends.onnx_backend import OnnxBackend, import_onnxruntime
@@ -82,6 +82,8 @@ class ModelLoader:
         self._executors: dict[str, ThreadPoolExecutor] = {}
 
     async def load_all(self, sources: list[ModelSource]) -> None:
+        for source in sources:
+            self._metrics.model_ready.labels(model=source.name, version=source.version).set(0)
         try:
             for source in sources:
                 await self._load(source)
@@ -90,6 +92,8 @@ class ModelLoader:
             self._registry.failure = f"model loading failed: {exc}"
             return
         self._registry.ready = True
+        for model in self._registry.all():
+            self._metrics.model_ready.labels(model=model.name, version=model.version).set(1)
         logger.info("ready: %s", ", ".join(f"{m.name}:{m.version}" for m in self._registry.all()))
 
     async def _load(self, source: ModelSource) -> None:
@@ -125,9 +129,12 @@ class ModelLoader:
             model=source.name, version=source.version, backend=info.backend,
             device=info.device, dtype=info.dtype,
         ).set(1)
+        self._metrics.device_memory.devices.add(device)
 
     async def close(self) -> None:
         self._registry.ready = False
+        for model in self._registry.all():
+            self._metrics.model_ready.labels(model=model.name, version=model.version).set(0)
         for model in self._registry.all():
             await model.batcher.stop()
         for executor in self._executors.values():
@@ -164,6 +171,7 @@ def create_app(settings: Settings, sources: list[ModelSource] | None = None) -> 
     install_error_handlers(app)
     app.include_router(router)
     endpoints = {route.path for route in router.routes}  # type: ignore[attr-defined]
-    app.add_middleware(RequestMetricsMiddleware, metrics=metrics, endpoints=endpoints)
     app.add_middleware(BodyLimitMiddleware, max_body_bytes=settings.max_body_bytes)
+    # Outermost, so that every answer (a 413 from the body limit too) is counted and logged.
+    app.add_middleware(RequestObserverMiddleware, metrics=metrics, endpoints=endpoints)
     return app

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
 import os
 import sys
 from pathlib import Path
@@ -22,14 +21,19 @@ def _serve(argv: list[str]) -> int:
 
     from model_store.demo.build import build_demo
     from service.app import create_app, locate_models
+    from service.logs import configure_logging
     from service.settings import Settings
 
     settings = Settings(_cli_parse_args=argv)
-    logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(name)s %(message)s")
+    configure_logging(settings.log_level, settings.log_format)
     if not settings.model:
         build_demo(ModelStore(settings.store))
     app = create_app(settings, locate_models(settings))
-    uvicorn.run(app, host=settings.host, port=settings.port, log_level=settings.log_level)
+    # Logging is ours (log_config=None); the access log is replaced by rmserve.requests' lines.
+    uvicorn.run(
+        app, host=settings.host, port=settings.port, log_level=settings.log_level, log_config=None,
+        access_log=False,
+    )
     return 0
 
 

@@ -1,8 +1,23 @@
-"""Prometheus metrics, one registry per app, named by stage with base units."""
+"""Prometheus metrics, one registry per app, named by stage with base units.
+
+One process serves each replica (no uvicorn workers): every total here is the replica's total.
+"""
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+import os
+from collections.abc import Iterator
+
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    ProcessCollector,
+    generate_latest,
+)
+from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
 
 from service.batching.batcher import BatchReport
 
@@ -21,12 +36,20 @@ class Metrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
         r = self.registry
+        per_request = ["model", "version", "endpoint"]
         self.requests = Counter(
-            "rmserve_requests", "HTTP requests answered", ["endpoint", "code"], registry=r
+            "rmserve_requests", "HTTP requests answered", [*per_request, "code"], registry=r
+        )
+        self.errors = Counter(
+            "rmserve_errors", "Requests answered with an error, by error type",
+            [*per_request, "type"], registry=r,
         )
         self.request_duration = Histogram(
             "rmserve_request_duration_seconds", "End-to-end request latency",
-            ["endpoint"], buckets=_LATENCY_BUCKETS_S, registry=r,
+            per_request, buckets=_LATENCY_BUCKETS_S, registry=r,
+        )
+        self.inflight = Gauge(
+            "rmserve_inflight_requests", "HTTP requests being handled now", ["endpoint"], registry=r
         )
         self.items = Counter("rmserve_items", "Items scored", ["model", "version"], registry=r)
         self.tokens = Counter("rmserve_tokens", "Tokens scored", ["model", "version"], registry=r)
@@ -58,6 +81,13 @@ class Metrics:
             "rmserve_model_info", "Loaded models (value 1)",
             ["model", "version", "backend", "device", "dtype"], registry=r,
         )
+        self.model_ready = Gauge(
+            "rmserve_model_ready", "1 once the model is loaded, warmed up and served; 0 before",
+            ["model", "version"], registry=r,
+        )
+        self.device_memory = DeviceMemoryCollector()
+        r.register(self.device_memory)
+        ProcessCollector(registry=r)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
@@ -91,3 +121,38 @@ class ModelMetrics:
 
     def on_queue_depth(self, depth: int) -> None:
         self._queue_depth.set(depth)
+
+
+class DeviceMemoryCollector(Collector):
+    """Memory in use on each device a model runs on, read at scrape time. On CUDA it is the
+    device's (cudaMemGetInfo: what torch and ONNX Runtime hold, and anything else on that GPU);
+    on CPU it is this process's resident memory."""
+
+    def __init__(self) -> None:
+        self.devices: set[str] = set()
+
+    def collect(self) -> Iterator[Metric]:
+        used = GaugeMetricFamily(
+            "rmserve_device_memory_used_bytes", "Memory in use on a device", labels=["device"]
+        )
+        total = GaugeMetricFamily(
+            "rmserve_device_memory_total_bytes", "Memory a device has", labels=["device"]
+        )
+        for device in sorted(self.devices):
+            in_use, capacity = _memory(device)
+            used.add_metric([device], in_use)
+            total.add_metric([device], capacity)
+        yield used
+        yield total
+
+
+def _memory(device: str) -> tuple[float, float]:
+    if device.startswith("cuda"):
+        import torch
+
+        free, capacity = torch.cuda.mem_get_info(torch.device(device))
+        return capacity - free, capacity
+    page = os.sysconf("SC_PAGE_SIZE")
+    with open("/proc/self/statm") as statm:
+        resident_pages = int(statm.read().split()[1])
+    return resident_pages * page, os.sysconf("SC_PHYS_PAGES") * page

@@ -10,6 +10,7 @@ from service.batching.batcher import BatcherClosedError, QueueFullError
 from service.errors import InvalidInputError, NotReadyError, OverloadedError, TooManyInputsError
 from service.items import Conversation, Message, PromptResponse, ScoreInput
 from service.registry import ModelRegistry
+from service.request_record import RequestRecord
 
 
 @dataclass(frozen=True)
@@ -38,7 +39,11 @@ class Scorer:
         self._registry = registry
         self._max_inputs = max_inputs_per_request
 
-    async def score(self, items: Sequence[ScoreInput], model: str | None = None) -> ScoreResult:
+    async def score(
+        self, items: Sequence[ScoreInput], model: str | None = None, record: RequestRecord | None = None
+    ) -> ScoreResult:
+        """`record`, if given, learns the model, the counts and where the time went."""
+        record = record or RequestRecord("", "")
         if not items:
             raise InvalidInputError("inputs must hold at least one item")
         if len(items) > self._max_inputs:
@@ -47,10 +52,11 @@ class Scorer:
                 "split the request"
             )
         served = self._registry.get(model)
+        record.model, record.version = served.name, served.version
         # Tokenising off the event loop keeps the server answering while long inputs encode.
         formatted = await asyncio.to_thread(served.formatter.format, items)
         try:
-            futures = served.batcher.submit([f.pair for f in formatted])
+            futures = served.batcher.submit([f.pair for f in formatted], record.timing)
         except QueueFullError as exc:
             raise OverloadedError(str(exc)) from exc
         except BatcherClosedError as exc:
@@ -62,6 +68,7 @@ class Scorer:
                 future.cancel()
             raise
         tokens = sum(len(f.pair) for f in formatted)
+        record.items, record.tokens = len(items), tokens
         served.metrics.items.inc(len(items))
         served.metrics.tokens.inc(tokens)
         return ScoreResult(
@@ -79,12 +86,13 @@ class Scorer:
         *,
         model: str | None = None,
         top_k: int | None = None,
+        record: RequestRecord | None = None,
     ) -> RankResult:
         """Best-of-n: score each response after the same conversation, best first."""
         if not responses:
             raise InvalidInputError("responses must hold at least one candidate")
         items = [_candidate(conversation, response) for response in responses]
-        result = await self.score(items, model)
+        result = await self.score(items, model, record)
         ranking = sorted(range(len(responses)), key=lambda i: -result.rewards[i])
         return RankResult(result, ranking[:top_k] if top_k else ranking)
 

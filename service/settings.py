@@ -57,4 +57,7 @@ class Settings(BaseSettings):
     max_body_bytes: int = Field(8 * 1024 * 1024, ge=1024, description="request body limit: 413")
     warmup: bool = Field(True, description="run a forward pass per model before reporting ready")
     trust_remote_code: bool = Field(False, description="allow model code from the model folder")
-    log_level: Literal["debug", "info", "warning", "error"] = "info"
+    log_level: Literal["debug", "info", "warning", "error"] = Field(
+        "info", description="info logs one line per scoring request; debug adds probes and scrapes"
+    )
+    log_format: Literal["json", "text"] = Field("json", description="json: one object per line")

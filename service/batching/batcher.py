@@ -33,6 +33,15 @@ class BatchReport:
     queue_depth: int
 
 
+@dataclass
+class RequestTiming:
+    """Where one request's time went: the longest wait of its items, and the forward passes
+    that carried them (summed: a request split over batches waits for all of them)."""
+
+    queue_s: float = 0.0
+    compute_s: float = 0.0
+
+
 class BatchObserver(Protocol):
     def on_batch(self, report: BatchReport) -> None: ...
 
@@ -43,6 +52,7 @@ class BatchObserver(Protocol):
 class _Pending:
     pair: EncodedPair
     future: asyncio.Future[float]
+    timing: RequestTiming | None = None
     enqueued_s: float = field(default_factory=time.monotonic)
 
 
@@ -92,8 +102,11 @@ class Batcher:
         if self._task is not None:
             await self._task
 
-    def submit(self, pairs: Sequence[EncodedPair]) -> list[asyncio.Future[float]]:
-        """Queue all of a request's items or none of them; one future per item."""
+    def submit(
+        self, pairs: Sequence[EncodedPair], timing: RequestTiming | None = None
+    ) -> list[asyncio.Future[float]]:
+        """Queue all of a request's items or none of them; one future per item. `timing`, if
+        given, is filled in as the items are computed."""
         if self._closed:
             raise BatcherClosedError("the server is shutting down")
         if len(self._pending) + len(pairs) > self._max_queue_items:
@@ -101,7 +114,7 @@ class Batcher:
                 f"queue is full ({len(self._pending)} items waiting, limit {self._max_queue_items})"
             )
         loop = asyncio.get_running_loop()
-        items = [_Pending(pair, loop.create_future()) for pair in pairs]
+        items = [_Pending(pair, loop.create_future(), timing) for pair in pairs]
         self._pending.extend(items)
         self._notify_depth()
         self._wakeup.set()
@@ -175,7 +188,12 @@ class Batcher:
                     item.future.set_exception(exc)
             return
         finished = time.monotonic()
+        timings = {id(p.timing): p.timing for p in batch if p.timing is not None}
+        for timing in timings.values():
+            timing.compute_s += finished - started
         for item, reward in zip(batch, rewards, strict=True):
+            if item.timing is not None:
+                item.timing.queue_s = max(item.timing.queue_s, started - item.enqueued_s)
             if not item.future.done():
                 item.future.set_result(reward)
         if self._observer is not None:

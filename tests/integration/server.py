@@ -24,34 +24,42 @@ def free_port() -> int:
 
 @contextlib.contextmanager
 def running_server(
-    args: list[str], *, store: Path, wait_ready: bool = True, env: dict[str, str] | None = None
+    args: list[str],
+    *,
+    store: Path,
+    wait_ready: bool = True,
+    env: dict[str, str] | None = None,
+    log_file: Path | None = None,
 ) -> Iterator[str]:
-    """Yield the base URL of a server started with `rmserve serve ARGS`; stop it afterwards."""
+    """Yield the base URL of a server started with `rmserve serve ARGS`; stop it afterwards.
+    Its output goes to `log_file` at info level if given (else to a pipe, warnings only)."""
     port = free_port()
+    level = "info" if log_file else "warning"
     command = [sys.executable, "-m", "service.cli", "serve", "--host", "127.0.0.1",
-               "--port", str(port), "--store", str(store), "--log-level", "warning", *args]
-    process = subprocess.Popen(
-        command, env={**os.environ, "HF_HUB_OFFLINE": "1", **(env or {})},
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-    )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        _wait(process, url, "/readyz" if wait_ready else "/healthz")
-        yield url
-    finally:
-        process.terminate()
+               "--port", str(port), "--store", str(store), "--log-level", level, *args]
+    with log_file.open("w") if log_file else contextlib.nullcontext(subprocess.PIPE) as output:
+        process = subprocess.Popen(
+            command, env={**os.environ, "HF_HUB_OFFLINE": "1", **(env or {})},
+            stdout=output, stderr=subprocess.STDOUT, text=True,
+        )
+        url = f"http://127.0.0.1:{port}"
         try:
-            process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+            _wait(process, url, "/readyz" if wait_ready else "/healthz")
+            yield url
+        finally:
+            process.terminate()
+            try:
+                process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
 
 
 def _wait(process: subprocess.Popen[str], url: str, path: str) -> None:
     deadline = time.monotonic() + STARTUP_TIMEOUT_S
     while time.monotonic() < deadline:
         if process.poll() is not None:
-            output = process.stdout.read() if process.stdout else ""
+            output = process.stdout.read() if process.stdout else "(see its log file)"
             raise RuntimeError(f"server exited with {process.returncode}:\n{output}")
         with contextlib.suppress(httpx.TransportError):
             if httpx.get(url + path, timeout=2).status_code == 200:

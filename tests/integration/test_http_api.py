@@ -118,7 +118,7 @@ def test_metrics_expose_requests_latency_batches_and_queue(server: str) -> None:
     for name in ("rmserve_requests_total", "rmserve_request_duration_seconds_bucket",
                  "rmserve_batch_size_bucket", "rmserve_queue_depth", "rmserve_model_info"):
         assert name in text, name
-    assert 'rmserve_requests_total{code="200",endpoint="/v1/score"}' in text
+    assert 'rmserve_requests_total{code="200",endpoint="/v1/score",model="bert",version="local"}' in text
 
 
 def test_openapi_docs_are_served(server: str) -> None:

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
 from service.backends.base import EncodedPair
-from service.batching.batcher import Batcher, QueueFullError
+from service.batching.batcher import Batcher, QueueFullError, RequestTiming
 from service.batching.policy import BatchLimits
 
 
@@ -124,3 +125,26 @@ def test_workers_compute_that_many_batches_at_once_and_no_more() -> None:
 
     assert asyncio.run(main()) == [float(i) for i in range(6)]
     assert peak == 2
+
+
+def test_request_timing_holds_the_longest_wait_and_every_forward_pass_that_carried_it() -> None:
+    class SlowBackend(FakeBackend):
+        def score(self, batch):
+            time.sleep(0.05)
+            return super().score(batch)
+
+    backend = SlowBackend()
+
+    async def body(batcher):
+        split, alone = RequestTiming(), RequestTiming()
+        # 3 rows with a 2-row cap: the first request spans two forward passes.
+        first = batcher.submit([pair(1), pair(2), pair(3)], split)
+        second = batcher.submit([pair(4)], alone)
+        await asyncio.gather(*first, *second)
+        return split, alone
+
+    split, alone = asyncio.run(_with_batcher(backend, body, limits=BatchLimits(2, 4096)))
+    assert backend.batches == [2, 2]
+    assert 0.1 <= split.compute_s < 0.5  # both passes
+    assert 0.05 <= alone.compute_s < split.compute_s  # only the second
+    assert alone.queue_s >= 0.05  # waited for the first pass

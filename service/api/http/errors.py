@@ -31,7 +31,11 @@ _STATUS: dict[type[ScoringError], tuple[int, str]] = {
 }
 
 
-def error_response(status: int, kind: str, message: str) -> JSONResponse:
+def error_response(status: int, kind: str, message: str, request: Request | None = None) -> JSONResponse:
+    """The one error body; `request`'s record learns the error type (for metrics and the log)."""
+    record = getattr(request.state, "record", None) if request is not None else None
+    if record is not None:
+        record.error_type = kind
     headers = {"Retry-After": str(RETRY_AFTER_S)} if status in (429, 503) else None
     body = {"error": {"type": kind, "message": message}}
     return JSONResponse(body, status_code=status, headers=headers)
@@ -51,26 +55,26 @@ def _describe_validation(exc: RequestValidationError) -> str:
 
 def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(ScoringError)
-    async def _scoring_error(_: Request, exc: ScoringError) -> JSONResponse:
+    async def _scoring_error(request: Request, exc: ScoringError) -> JSONResponse:
         status, kind = next(
             (v for cls, v in _STATUS.items() if isinstance(exc, cls)), (500, "internal")
         )
-        return error_response(status, kind, str(exc))
+        return error_response(status, kind, str(exc), request)
 
     @app.exception_handler(RequestValidationError)
-    async def _validation_error(_: Request, exc: RequestValidationError) -> JSONResponse:
-        return error_response(422, "invalid_request", _describe_validation(exc))
+    async def _validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
+        return error_response(422, "invalid_request", _describe_validation(exc), request)
 
     @app.exception_handler(HTTPException)
-    async def _http_error(_: Request, exc: HTTPException) -> JSONResponse:
+    async def _http_error(request: Request, exc: HTTPException) -> JSONResponse:
         # Framework errors (unparseable body, unknown path, wrong method) get the same body shape.
         kind = {400: "bad_request", 404: "not_found", 405: "method_not_allowed"}.get(
             exc.status_code, "http_error"
         )
-        return error_response(exc.status_code, kind, str(exc.detail))
+        return error_response(exc.status_code, kind, str(exc.detail), request)
 
     @app.exception_handler(Exception)
-    async def _unexpected(_: Request, exc: Exception) -> JSONResponse:
+    async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
         error_id = uuid.uuid4().hex[:12]
         logger.exception("internal error %s", error_id, exc_info=exc)
-        return error_response(500, "internal", f"internal error (id {error_id}); see server log")
+        return error_response(500, "internal", f"internal error (id {error_id}); see server log", request)

@@ -1,13 +1,21 @@
-"""ASGI middleware: request body limit and per-endpoint request metrics."""
+"""ASGI middleware: request body limit, and each request's id, metrics and log line."""
 
 from __future__ import annotations
 
 import json
+import logging
 import time
 
+from starlette.datastructures import Headers, MutableHeaders
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from service.metrics import Metrics
+from service.request_record import RequestRecord, request_id_from
+
+request_log = logging.getLogger("rmserve.requests")
+
+# Probes and scrapes arrive every few seconds: logged at debug, so info shows the real traffic.
+_QUIET_ENDPOINTS = {"/healthz", "/readyz", "/metrics"}
 
 _BODY_METHODS = {"POST", "PUT", "PATCH"}
 
@@ -25,7 +33,7 @@ class BodyLimitMiddleware:
             return
         declared = dict(scope["headers"]).get(b"content-length")
         if declared is not None and declared.isdigit() and int(declared) > self.max_body_bytes:
-            await self._too_large(send)
+            await self._too_large(scope, send)
             return
         # Read the whole body here (bounded by the limit) and replay it to the app.
         chunks: list[bytes] = []
@@ -37,7 +45,7 @@ class BodyLimitMiddleware:
             chunk = message.get("body", b"")
             size += len(chunk)
             if size > self.max_body_bytes:
-                await self._too_large(send)
+                await self._too_large(scope, send)
                 return
             chunks.append(chunk)
             if not message.get("more_body", False):
@@ -53,7 +61,10 @@ class BodyLimitMiddleware:
 
         await self.app(scope, replay, send)
 
-    async def _too_large(self, send: Send) -> None:
+    async def _too_large(self, scope: Scope, send: Send) -> None:
+        record: RequestRecord | None = scope.get("state", {}).get("record")
+        if record is not None:
+            record.error_type = "body_too_large"
         body = json.dumps({"error": {
             "type": "body_too_large",
             "message": f"request body over {self.max_body_bytes} bytes; split the request",
@@ -64,8 +75,10 @@ class BodyLimitMiddleware:
         await send({"type": "http.response.body", "body": body})
 
 
-class RequestMetricsMiddleware:
-    """Counts every answer by endpoint and status code and times it end to end."""
+class RequestObserverMiddleware:
+    """Gives each request an id (the client's X-Request-ID, or a new one, returned either way), a
+    RequestRecord for the routes to fill in, and when it is answered counts it, times it and logs
+    one JSON line about it."""
 
     def __init__(self, app: ASGIApp, *, metrics: Metrics, endpoints: set[str]) -> None:
         self.app = app
@@ -77,19 +90,32 @@ class RequestMetricsMiddleware:
             await self.app(scope, receive, send)
             return
         endpoint = scope["path"] if scope["path"] in self.endpoints else "other"
+        record = RequestRecord(request_id_from(Headers(scope=scope).get("x-request-id")), endpoint)
+        scope.setdefault("state", {})["record"] = record
         started = time.monotonic()
         status = 500
+        inflight = self.metrics.inflight.labels(endpoint=endpoint)
+        inflight.inc()
 
-        async def send_with_status(message: Message) -> None:
+        async def send_with_id(message: Message) -> None:
             nonlocal status
             if message["type"] == "http.response.start":
                 status = message["status"]
+                MutableHeaders(scope=message)["X-Request-ID"] = record.request_id
             await send(message)
 
         try:
-            await self.app(scope, receive, send_with_status)
+            await self.app(scope, receive, send_with_id)
         finally:
-            self.metrics.requests.labels(endpoint=endpoint, code=str(status)).inc()
-            self.metrics.request_duration.labels(endpoint=endpoint).observe(
-                time.monotonic() - started
-            )
+            inflight.dec()
+            duration_s = time.monotonic() - started
+            self._count(record, status, duration_s)
+            level = logging.DEBUG if endpoint in _QUIET_ENDPOINTS else logging.INFO
+            request_log.log(level, "request", extra=record.log_fields(status, duration_s))
+
+    def _count(self, record: RequestRecord, status: int, duration_s: float) -> None:
+        labels = {"model": record.model, "version": record.version, "endpoint": record.endpoint}
+        self.metrics.requests.labels(**labels, code=str(status)).inc()
+        self.metrics.request_duration.labels(**labels).observe(duration_s)
+        if status >= 400:
+            self.metrics.errors.labels(**labels, type=record.error_type or "http_error").inc()

@@ -20,6 +20,7 @@ from service.api.http.schemas import (
 )
 from service.metrics import Metrics
 from service.registry import ModelRegistry
+from service.request_record import RequestRecord
 from service.scoring import Scorer
 
 router = APIRouter()
@@ -45,10 +46,19 @@ def get_metrics(request: Request) -> Metrics:
     return request.app.state.metrics
 
 
+def get_record(request: Request) -> RequestRecord:
+    """This request's record, made by RequestObserverMiddleware."""
+    return request.state.record
+
+
 @router.post("/v1/score", response_model=ScoreResponse, responses=_ERRORS)
-async def score(body: ScoreRequest, scorer: Annotated[Scorer, Depends(get_scorer)]) -> ScoreResponse:
+async def score(
+    body: ScoreRequest,
+    scorer: Annotated[Scorer, Depends(get_scorer)],
+    record: Annotated[RequestRecord, Depends(get_record)],
+) -> ScoreResponse:
     """Score each (prompt, response), conversation or pre-formatted text; rewards in input order."""
-    result = await scorer.score(body.items(), body.model)
+    result = await scorer.score(body.items(), body.model, record)
     return ScoreResponse(
         model=result.model,
         version=result.version,
@@ -59,10 +69,14 @@ async def score(body: ScoreRequest, scorer: Annotated[Scorer, Depends(get_scorer
 
 
 @router.post("/v1/rank", response_model=RankResponse, responses=_ERRORS)
-async def rank(body: RankRequest, scorer: Annotated[Scorer, Depends(get_scorer)]) -> RankResponse:
+async def rank(
+    body: RankRequest,
+    scorer: Annotated[Scorer, Depends(get_scorer)],
+    record: Annotated[RequestRecord, Depends(get_record)],
+) -> RankResponse:
     """Best-of-n: rank candidate responses to one prompt or conversation, best first."""
     result = await scorer.rank(
-        body.conversation(), body.responses, model=body.model, top_k=body.top_k
+        body.conversation(), body.responses, model=body.model, top_k=body.top_k, record=record
     )
     return RankResponse(
         model=result.score.model,
@@ -91,10 +105,10 @@ async def healthz() -> dict[str, str]:
 
 
 @router.get("/readyz", responses={503: {"model": ErrorResponse}})
-async def readyz(registry: Annotated[ModelRegistry, Depends(get_registry)]) -> JSONResponse:
+async def readyz(request: Request, registry: Annotated[ModelRegistry, Depends(get_registry)]) -> JSONResponse:
     """Ready: every model is loaded and warmed up."""
     if not registry.ready:
-        return error_response(503, "not_ready", registry.failure or "models are still loading")
+        return error_response(503, "not_ready", registry.failure or "models are still loading", request)
     return JSONResponse({"status": "ready"})
 
 
