@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import re
 from pathlib import Path
 
 import httpx
@@ -54,3 +55,12 @@ def test_onnx_cuda_execution_provider_matches_the_cpu_reference(name: str, onnx_
         assert (cards[0]["backend"], cards[0]["device"]) == ("onnx", "cuda:0")
         served = asyncio.run(score_concurrently(url, name, items))
     assert torch.allclose(torch.tensor(served), torch.tensor(expected), atol=TOLERANCE["float32"])
+
+
+def test_metrics_report_gpu_memory_in_use(tiny_model_dirs: dict[str, Path], tmp_path: Path) -> None:
+    args = ["--model", str(tiny_model_dirs["bert-right"]), "--device", "cuda"]
+    with running_server(args, store=tmp_path / "store") as url:
+        text = httpx.get(f"{url}/metrics").text
+    used = re.search(r'rmserve_device_memory_used_bytes\{device="cuda:0"\} (\S+)', text)
+    capacity = re.search(r'rmserve_device_memory_total_bytes\{device="cuda:0"\} (\S+)', text)
+    assert used and capacity and 0 < float(used[1]) < float(capacity[1])
