@@ -13,6 +13,7 @@ import torch
 from fastapi import FastAPI
 
 from model_store.store import ModelStore
+from service.api.grpc.server import GrpcServer
 from service.api.http.errors import install_error_handlers
 from service.api.http.middleware import BodyLimitMiddleware, RequestObserverMiddleware
 from service.api.http.routes import router
@@ -81,7 +82,8 @@ class ModelLoader:
         self._metrics = metrics
         self._executors: dict[str, ThreadPoolExecutor] = {}
 
-    async def load_all(self, sources: list[ModelSource]) -> None:
+    async def load_all(self, sources: list[ModelSource]) -> bool:
+        """Load every model; True once all serve, False (reason in registry.failure) if one failed."""
         for source in sources:
             self._metrics.model_ready.labels(model=source.name, version=source.version).set(0)
         try:
@@ -90,11 +92,12 @@ class ModelLoader:
         except Exception as exc:
             logger.exception("loading models failed")
             self._registry.failure = f"model loading failed: {exc}"
-            return
+            return False
         self._registry.ready = True
         for model in self._registry.all():
             self._metrics.model_ready.labels(model=model.name, version=model.version).set(1)
         logger.info("ready: %s", ", ".join(f"{m.name}:{m.version}" for m in self._registry.all()))
+        return True
 
     async def _load(self, source: ModelSource) -> None:
         settings = self._settings
@@ -150,13 +153,28 @@ def create_app(settings: Settings, sources: list[ModelSource] | None = None) -> 
     loader = ModelLoader(settings, registry, metrics)
     to_load = sources if sources is not None else locate_models(settings)
 
+    scorer = Scorer(registry, max_inputs_per_request=settings.max_inputs_per_request)
+
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
-        loading = asyncio.create_task(loader.load_all(to_load))
+        grpc_server = None
+        if settings.grpc_port:
+            grpc_server = await GrpcServer.start(
+                scorer, metrics, host=settings.host, port=settings.grpc_port,
+                max_message_bytes=settings.max_body_bytes,
+            )
+
+        async def load() -> None:
+            if await loader.load_all(to_load) and grpc_server is not None:
+                await grpc_server.set_serving(True)
+
+        loading = asyncio.create_task(load())
         try:
             yield
         finally:
             loading.cancel()
+            if grpc_server is not None:
+                await grpc_server.stop(grace_s=5)
             await loader.close()
 
     app = FastAPI(
@@ -165,7 +183,7 @@ def create_app(settings: Settings, sources: list[ModelSource] | None = None) -> 
         version="0.1.0",
         lifespan=lifespan,
     )
-    app.state.scorer = Scorer(registry, max_inputs_per_request=settings.max_inputs_per_request)
+    app.state.scorer = scorer
     app.state.registry = registry
     app.state.metrics = metrics
     install_error_handlers(app)

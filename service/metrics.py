@@ -20,6 +20,7 @@ from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from service.batching.batcher import BatchReport
+from service.request_record import RequestRecord
 
 # Sub-millisecond to tens of seconds.
 _LATENCY_BUCKETS_S = (
@@ -88,6 +89,14 @@ class Metrics:
         self.device_memory = DeviceMemoryCollector()
         r.register(self.device_memory)
         ProcessCollector(registry=r)
+
+    def count_request(self, record: RequestRecord, code: str, *, failed: bool, duration_s: float) -> None:
+        """One answered request (HTTP or gRPC), by model, version, endpoint and status code."""
+        labels = {"model": record.model, "version": record.version, "endpoint": record.endpoint}
+        self.requests.labels(**labels, code=code).inc()
+        self.request_duration.labels(**labels).observe(duration_s)
+        if failed:
+            self.errors.labels(**labels, type=record.error_type or "error").inc()
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import re
 import uuid
 from dataclasses import dataclass, field
@@ -12,6 +13,8 @@ from service.batching.batcher import RequestTiming
 # The label of requests that never reached a model (bad body, unknown model, not ready): the
 # requested name is not used, so a client cannot grow the label set.
 NO_MODEL = "none"
+
+request_log = logging.getLogger("rmserve.requests")
 
 _CLIENT_ID = re.compile(r"[A-Za-z0-9._:/+=-]{1,128}")
 
@@ -34,7 +37,11 @@ class RequestRecord:
     timing: RequestTiming = field(default_factory=RequestTiming)
     error_type: str | None = None
 
-    def log_fields(self, status: int, duration_s: float) -> dict[str, Any]:
+    def log(self, status: int | str, duration_s: float, level: int = logging.INFO) -> None:
+        """The request's one log line (JSON with --log-format json)."""
+        request_log.log(level, "request", extra=self.log_fields(status, duration_s))
+
+    def log_fields(self, status: int | str, duration_s: float) -> dict[str, Any]:
         return {
             "request_id": self.request_id, "endpoint": self.endpoint, "status": status,
             "model": self.model, "version": self.version, "items": self.items, "tokens": self.tokens,

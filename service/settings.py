@@ -26,6 +26,7 @@ class Settings(BaseSettings):
 
     host: str = Field("127.0.0.1", description="address to bind; 0.0.0.0 only when asked")
     port: int = Field(8000, ge=0, le=65535, description="HTTP port")
+    grpc_port: int = Field(50051, ge=0, le=65535, description="gRPC port (same host); 0 = no gRPC")
     store: Path = Field(DEFAULT_STORE, description="model store root folder")
     model: list[str] = Field(
         default_factory=list,

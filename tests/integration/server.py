@@ -30,13 +30,16 @@ def running_server(
     wait_ready: bool = True,
     env: dict[str, str] | None = None,
     log_file: Path | None = None,
+    grpc_port: int = 0,
 ) -> Iterator[str]:
     """Yield the base URL of a server started with `rmserve serve ARGS`; stop it afterwards.
-    Its output goes to `log_file` at info level if given (else to a pipe, warnings only)."""
+    Its output goes to `log_file` at info level if given (else to a pipe, warnings only). gRPC
+    is off unless a `grpc_port` is given."""
     port = free_port()
     level = "info" if log_file else "warning"
     command = [sys.executable, "-m", "service.cli", "serve", "--host", "127.0.0.1",
-               "--port", str(port), "--store", str(store), "--log-level", level, *args]
+               "--port", str(port), "--grpc-port", str(grpc_port), "--store", str(store),
+               "--log-level", level, *args]
     with log_file.open("w") if log_file else contextlib.nullcontext(subprocess.PIPE) as output:
         process = subprocess.Popen(
             command, env={**os.environ, "HF_HUB_OFFLINE": "1", **(env or {})},

@@ -12,8 +12,6 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from service.metrics import Metrics
 from service.request_record import RequestRecord, request_id_from
 
-request_log = logging.getLogger("rmserve.requests")
-
 # Probes and scrapes arrive every few seconds: logged at debug, so info shows the real traffic.
 _QUIET_ENDPOINTS = {"/healthz", "/readyz", "/metrics"}
 
@@ -109,13 +107,5 @@ class RequestObserverMiddleware:
         finally:
             inflight.dec()
             duration_s = time.monotonic() - started
-            self._count(record, status, duration_s)
-            level = logging.DEBUG if endpoint in _QUIET_ENDPOINTS else logging.INFO
-            request_log.log(level, "request", extra=record.log_fields(status, duration_s))
-
-    def _count(self, record: RequestRecord, status: int, duration_s: float) -> None:
-        labels = {"model": record.model, "version": record.version, "endpoint": record.endpoint}
-        self.metrics.requests.labels(**labels, code=str(status)).inc()
-        self.metrics.request_duration.labels(**labels).observe(duration_s)
-        if status >= 400:
-            self.metrics.errors.labels(**labels, type=record.error_type or "http_error").inc()
+            self.metrics.count_request(record, str(status), failed=status >= 400, duration_s=duration_s)
+            record.log(status, duration_s, logging.DEBUG if endpoint in _QUIET_ENDPOINTS else logging.INFO)

@@ -1,0 +1,53 @@
+"""The gRPC server beside HTTP: RewardService, grpc.health.v1 and reflection, on the same event loop
+(and so the same batcher) as the HTTP app."""
+
+from __future__ import annotations
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from service.api.grpc import rmserve_pb2, rmserve_pb2_grpc
+from service.api.grpc.servicer import RewardServicer
+from service.metrics import Metrics
+from service.scoring import Scorer
+
+SERVICE_NAME = rmserve_pb2.DESCRIPTOR.services_by_name["RewardService"].full_name
+_HEALTH_NAMES = ("", SERVICE_NAME)  # "" is the whole server, as health checkers ask by default
+
+
+class GrpcServer:
+    def __init__(self, server: grpc.aio.Server, health_servicer: health.aio.HealthServicer) -> None:
+        self._server = server
+        self._health = health_servicer
+
+    @classmethod
+    async def start(
+        cls, scorer: Scorer, metrics: Metrics, *, host: str, port: int, max_message_bytes: int
+    ) -> GrpcServer:
+        options = [("grpc.max_receive_message_length", max_message_bytes),
+                   ("grpc.max_send_message_length", max_message_bytes)]
+        server = grpc.aio.server(options=options)
+        rmserve_pb2_grpc.add_RewardServiceServicer_to_server(RewardServicer(scorer, metrics), server)
+        health_servicer = health.aio.HealthServicer()
+        health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+        reflection.enable_server_reflection(
+            (SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
+             reflection.SERVICE_NAME),
+            server,
+        )
+        server.add_insecure_port(f"{host}:{port}")  # raises if the port is taken
+        grpc_server = cls(server, health_servicer)
+        await grpc_server.set_serving(False)  # until the models are loaded
+        await server.start()
+        return grpc_server
+
+    async def set_serving(self, serving: bool) -> None:
+        states = health_pb2.HealthCheckResponse
+        status = states.SERVING if serving else states.NOT_SERVING
+        for name in _HEALTH_NAMES:
+            await self._health.set(name, status)
+
+    async def stop(self, grace_s: float) -> None:
+        await self._health.enter_graceful_shutdown()
+        await self._server.stop(grace_s)

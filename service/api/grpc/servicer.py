@@ -1,0 +1,170 @@
+"""rmserve.v1.RewardService: protobuf in, the shared scoring core, protobuf out."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import TypeVar
+
+import grpc
+
+from service.api.grpc import rmserve_pb2 as pb
+from service.api.grpc import rmserve_pb2_grpc
+from service.errors import (
+    InvalidInputError,
+    NotReadyError,
+    OverloadedError,
+    ScoringError,
+    TooManyInputsError,
+    UnknownModelError,
+)
+from service.items import Conversation, Message, PromptResponse, RawText, ScoreInput
+from service.metrics import Metrics
+from service.request_record import RequestRecord, request_id_from
+from service.scoring import Scorer, ScoreResult
+
+logger = logging.getLogger("rmserve.grpc")
+
+# The same errors as over HTTP (422/413, 404, 503, 503), in gRPC's words.
+_STATUS: dict[type[ScoringError], tuple[grpc.StatusCode, str]] = {
+    InvalidInputError: (grpc.StatusCode.INVALID_ARGUMENT, "invalid_input"),
+    TooManyInputsError: (grpc.StatusCode.INVALID_ARGUMENT, "too_many_inputs"),
+    UnknownModelError: (grpc.StatusCode.NOT_FOUND, "unknown_model"),
+    NotReadyError: (grpc.StatusCode.UNAVAILABLE, "not_ready"),
+    OverloadedError: (grpc.StatusCode.RESOURCE_EXHAUSTED, "overloaded"),
+}
+
+Reply = TypeVar("Reply")
+
+
+def to_items(request: pb.ScoreRequest) -> list[ScoreInput]:
+    return [_to_item(item, f"inputs[{i}]") for i, item in enumerate(request.inputs)]
+
+
+def _to_item(item: pb.Item, where: str) -> ScoreInput:
+    kind = item.WhichOneof("input")
+    if kind == "pair":
+        return PromptResponse(item.pair.prompt, item.pair.response)
+    if kind == "conversation":
+        return Conversation(_messages(item.conversation.messages, f"{where}.conversation"))
+    if kind == "text":
+        return RawText(item.text)
+    raise InvalidInputError(f"{where}: set one of pair, conversation or text")
+
+
+def _messages(messages: list[pb.Message], where: str) -> tuple[Message, ...]:
+    if not messages:
+        raise InvalidInputError(f"{where}.messages: give at least one message")
+    for i, message in enumerate(messages):
+        if not message.role:
+            raise InvalidInputError(f"{where}.messages[{i}].role: must not be empty")
+    return tuple(Message(m.role, m.content) for m in messages)
+
+
+def _score_reply(result: ScoreResult) -> pb.ScoreResponse:
+    return pb.ScoreResponse(
+        model=result.model, version=result.version, rewards=result.rewards,
+        truncated=result.truncated, tokens=result.tokens,
+    )
+
+
+class RewardServicer(rmserve_pb2_grpc.RewardServiceServicer):
+    def __init__(self, scorer: Scorer, metrics: Metrics) -> None:
+        self._scorer = scorer
+        self._metrics = metrics
+
+    async def Score(self, request: pb.ScoreRequest, context: grpc.aio.ServicerContext) -> pb.ScoreResponse:
+        return await self._score(request, context, "Score")
+
+    async def _score(
+        self, request: pb.ScoreRequest, context: grpc.aio.ServicerContext, method: str
+    ) -> pb.ScoreResponse:
+        async def score(record: RequestRecord) -> pb.ScoreResponse:
+            return _score_reply(await self._scorer.score(to_items(request), request.model or None, record))
+
+        return await self._answer(method, context, score)
+
+    async def Rank(self, request: pb.RankRequest, context: grpc.aio.ServicerContext) -> pb.RankResponse:
+        async def rank(record: RequestRecord) -> pb.RankResponse:
+            if request.HasField("prompt") == bool(request.messages):
+                raise InvalidInputError("give exactly one of 'prompt' or 'messages'")
+            conversation = (
+                (Message("user", request.prompt),) if request.HasField("prompt")
+                else _messages(request.messages, "request")
+            )
+            result = await self._scorer.rank(
+                conversation, list(request.responses), model=request.model or None,
+                top_k=request.top_k or None, record=record,
+            )
+            return pb.RankResponse(
+                model=result.score.model, version=result.score.version, rewards=result.score.rewards,
+                ranking=result.ranking, best=result.best,
+            )
+
+        return await self._answer("Rank", context, rank)
+
+    async def ScoreStream(
+        self, requests: AsyncIterator[pb.ScoreRequest], context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[pb.ScoreResponse]:
+        # Every chunk is submitted as it arrives, so the batcher sees all of them at once; the
+        # replies go back in order. A failed chunk ends the stream with its status.
+        pending: asyncio.Queue[asyncio.Task[pb.ScoreResponse] | None] = asyncio.Queue()
+
+        async def read() -> None:
+            try:
+                async for request in requests:
+                    pending.put_nowait(asyncio.create_task(self._score(request, context, "ScoreStream")))
+            finally:
+                pending.put_nowait(None)
+
+        reader = asyncio.create_task(read())
+        try:
+            while (task := await pending.get()) is not None:
+                yield await task
+            await reader
+        finally:
+            reader.cancel()
+            while not pending.empty():
+                if (task := pending.get_nowait()) is not None:
+                    task.cancel()
+
+    async def _answer(
+        self,
+        method: str,
+        context: grpc.aio.ServicerContext,
+        handle: Callable[[RequestRecord], Awaitable[Reply]],
+    ) -> Reply:
+        """Runs one call: a record to fill, errors to status codes, then count it and log it."""
+        metadata = dict(context.invocation_metadata() or ())
+        record = RequestRecord(request_id_from(metadata.get("x-request-id")), f"grpc:{method}")
+        context.set_trailing_metadata((("x-request-id", record.request_id),))
+        started = time.monotonic()
+        code = grpc.StatusCode.OK
+        try:
+            return await handle(record)
+        except ScoringError as exc:
+            code, record.error_type = next(
+                (v for cls, v in _STATUS.items() if isinstance(exc, cls)),
+                (grpc.StatusCode.INTERNAL, "internal"),
+            )
+            await context.abort(code, str(exc))
+            raise  # abort() raises; this keeps type checkers sure of it
+        except grpc.aio.AbortError:
+            raise
+        except Exception:
+            error_id = uuid.uuid4().hex[:12]
+            logger.exception("internal error %s", error_id)
+            code, record.error_type = grpc.StatusCode.INTERNAL, "internal"
+            await context.abort(code, f"internal error (id {error_id}); see server log")
+            raise
+        except asyncio.CancelledError:
+            code, record.error_type = grpc.StatusCode.CANCELLED, "cancelled"
+            raise
+        finally:
+            duration_s = time.monotonic() - started
+            self._metrics.count_request(record, code.name, failed=code != grpc.StatusCode.OK,
+                                        duration_s=duration_s)
+            record.log(code.name, duration_s)

@@ -1,0 +1,148 @@
+"""The real gRPC server beside HTTP: same results, health, reflection, status codes."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import grpc
+import httpx
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+
+from service.api.grpc import rmserve_pb2 as pb
+from service.api.grpc import rmserve_pb2_grpc
+from tests.integration.reference import mixed_items
+from tests.integration.server import free_port, running_server
+
+ROOT = Path(__file__).parents[2]
+PROTO = "service/api/grpc/rmserve.proto"
+
+
+def to_pb(item: dict) -> pb.Item:
+    if "text" in item:
+        return pb.Item(text=item["text"])
+    if "messages" in item:
+        return pb.Item(conversation=pb.Conversation(messages=[pb.Message(**m) for m in item["messages"]]))
+    return pb.Item(pair=pb.PromptResponse(prompt=item["prompt"], response=item["response"]))
+
+
+@pytest.fixture(scope="module")
+def servers(
+    tiny_model_dirs: dict[str, Path], tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[tuple[str, str]]:
+    """(HTTP URL, gRPC target) of one server with an encoder and a decoder."""
+    args = ["--model", f"bert={tiny_model_dirs['bert-right']}",
+            "--model", f"gpt2={tiny_model_dirs['gpt2-left']}", "--max-inputs-per-request", "64"]
+    port = free_port()
+    with running_server(args, store=tmp_path_factory.mktemp("store"), grpc_port=port) as url:
+        yield url, f"127.0.0.1:{port}"
+
+
+@pytest.fixture(scope="module")
+def stub(servers: tuple[str, str]) -> Iterator[rmserve_pb2_grpc.RewardServiceStub]:
+    with grpc.insecure_channel(servers[1]) as channel:
+        yield rmserve_pb2_grpc.RewardServiceStub(channel)
+
+
+@pytest.mark.parametrize("model", ["bert", "gpt2"])
+def test_score_equals_http(
+    model: str, servers: tuple[str, str], stub: rmserve_pb2_grpc.RewardServiceStub
+) -> None:
+    items = mixed_items(seed=31, count=24)
+    body = {"model": model, "inputs": items}
+    over_http = httpx.post(f"{servers[0]}/v1/score", json=body, timeout=60).json()
+    over_grpc = stub.Score(pb.ScoreRequest(model=model, inputs=[to_pb(i) for i in items]), timeout=60)
+    assert list(over_grpc.rewards) == over_http["rewards"]
+    assert list(over_grpc.truncated) == over_http["truncated"]
+    tokens = over_http["usage"]["tokens"]
+    assert (over_grpc.model, over_grpc.version, over_grpc.tokens) == (model, "local", tokens)
+
+
+def test_rank_equals_http(servers: tuple[str, str], stub: rmserve_pb2_grpc.RewardServiceStub) -> None:
+    responses = ["Paris is the capital of France.", "no idea", "It is Paris, on the Seine.", "Lyon"]
+    messages = [{"role": "user", "content": "Capital of France?"}]
+    for context in ({"prompt": "Capital of France?"}, {"messages": messages}):
+        over_http = httpx.post(f"{servers[0]}/v1/rank", json={"model": "gpt2", "responses": responses,
+                                                                "top_k": 2, **context}).json()
+        request = pb.RankRequest(model="gpt2", responses=responses, top_k=2,
+                                 prompt=context.get("prompt"),
+                                 messages=[pb.Message(**m) for m in context.get("messages", [])])
+        over_grpc = stub.Rank(request, timeout=60)
+        assert list(over_grpc.rewards) == over_http["rewards"]
+        assert (list(over_grpc.ranking), over_grpc.best) == (over_http["ranking"], over_http["best"])
+
+
+def test_score_stream_answers_each_chunk_in_order(servers: tuple[str, str],
+                                                  stub: rmserve_pb2_grpc.RewardServiceStub) -> None:
+    items = mixed_items(seed=32, count=150)
+    chunks = [items[i : i + 40] for i in range(0, len(items), 40)]
+    replies = list(stub.ScoreStream(iter(pb.ScoreRequest(model="bert", inputs=[to_pb(i) for i in c])
+                                         for c in chunks), timeout=120))
+    assert [len(r.rewards) for r in replies] == [len(c) for c in chunks]
+    # Chunks share batches in the stream, so compare with the HTTP rewards to float32 rounding.
+    over_http = [r for c in chunks for r in httpx.post(
+        f"{servers[0]}/v1/score", json={"model": "bert", "inputs": c}, timeout=60).json()["rewards"]]
+    streamed = [r for reply in replies for r in reply.rewards]
+    assert max(abs(a - b) for a, b in zip(streamed, over_http, strict=True)) < 1e-5
+
+
+@pytest.mark.parametrize(("request_", "code", "words"), [
+    (pb.ScoreRequest(), grpc.StatusCode.INVALID_ARGUMENT, "at least one item"),
+    (pb.ScoreRequest(inputs=[pb.Item(text="ok"), pb.Item()]), grpc.StatusCode.INVALID_ARGUMENT, "inputs[1]"),
+    (pb.ScoreRequest(inputs=[pb.Item(conversation=pb.Conversation())]), grpc.StatusCode.INVALID_ARGUMENT,
+     "inputs[0].conversation.messages"),
+    (pb.ScoreRequest(inputs=[pb.Item(text="x")] * 65), grpc.StatusCode.INVALID_ARGUMENT, "limit is 64"),
+    (pb.ScoreRequest(model="nope", inputs=[pb.Item(text="x")]), grpc.StatusCode.NOT_FOUND, "bert, gpt2"),
+    (pb.RankRequest(prompt="p", messages=[pb.Message(role="user", content="c")], responses=["a"]),
+     grpc.StatusCode.INVALID_ARGUMENT, "exactly one of"),
+    (pb.RankRequest(prompt="p"), grpc.StatusCode.INVALID_ARGUMENT, "at least one candidate"),
+])
+def test_bad_input_gets_a_status_code_and_a_message(
+    request_: pb.ScoreRequest | pb.RankRequest, code: grpc.StatusCode, words: str,
+    stub: rmserve_pb2_grpc.RewardServiceStub,
+) -> None:
+    call = stub.Score if isinstance(request_, pb.ScoreRequest) else stub.Rank
+    with pytest.raises(grpc.RpcError) as error:
+        call(request_, timeout=30)
+    assert error.value.code() == code
+    assert words in error.value.details()
+
+
+def _health(target: str) -> dict[str, int]:
+    with grpc.insecure_channel(target) as channel:
+        check = health_pb2_grpc.HealthStub(channel).Check
+        return {name: check(health_pb2.HealthCheckRequest(service=name), timeout=10).status
+                for name in ("", "rmserve.v1.RewardService")}
+
+
+def test_health_is_serving_once_ready_and_reflection_lists_the_services(servers: tuple[str, str]) -> None:
+    assert set(_health(servers[1]).values()) == {health_pb2.HealthCheckResponse.SERVING}
+    with grpc.insecure_channel(servers[1]) as channel:
+        stub = reflection_pb2_grpc.ServerReflectionStub(channel)
+        ask = reflection_pb2.ServerReflectionRequest(list_services="")
+        reply = next(stub.ServerReflectionInfo(iter([ask])))
+    names = {s.name for s in reply.list_services_response.service}
+    assert {"rmserve.v1.RewardService", "grpc.health.v1.Health"} <= names
+
+
+def test_health_is_not_serving_while_the_model_is_not_ready(tmp_path: Path) -> None:
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    (broken / "config.json").write_text('{"model_type": "bert"}')  # no weights: loading fails
+    port = free_port()
+    with running_server(["--model", str(broken)], store=tmp_path / "store", wait_ready=False,
+                        grpc_port=port) as url:
+        assert httpx.get(f"{url}/readyz").status_code == 503
+        assert set(_health(f"127.0.0.1:{port}").values()) == {health_pb2.HealthCheckResponse.NOT_SERVING}
+
+
+def test_committed_stubs_match_the_proto(tmp_path: Path) -> None:
+    subprocess.run([sys.executable, "-m", "grpc_tools.protoc", "-I", ".", f"--python_out={tmp_path}",
+                    f"--pyi_out={tmp_path}", f"--grpc_python_out={tmp_path}", PROTO], cwd=ROOT, check=True)
+    for name in ("rmserve_pb2.py", "rmserve_pb2.pyi", "rmserve_pb2_grpc.py"):
+        fresh = (tmp_path / "service/api/grpc" / name).read_text()
+        assert fresh == (ROOT / "service/api/grpc" / name).read_text(), f"regenerate {name}: see {PROTO}"
