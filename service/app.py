@@ -160,7 +160,7 @@ def create_app(settings: Settings, sources: list[ModelSource] | None = None) -> 
         grpc_server = None
         if settings.grpc_port:
             grpc_server = await GrpcServer.start(
-                scorer, metrics, host=settings.host, port=settings.grpc_port,
+                scorer, registry, metrics, host=settings.host, port=settings.grpc_port,
                 max_message_bytes=settings.max_body_bytes,
             )
 

@@ -37,7 +37,7 @@ class Scorer:
 
     def __init__(self, registry: ModelRegistry, *, max_inputs_per_request: int) -> None:
         self._registry = registry
-        self._max_inputs = max_inputs_per_request
+        self.max_inputs_per_request = max_inputs_per_request
 
     async def score(
         self, items: Sequence[ScoreInput], model: str | None = None, record: RequestRecord | None = None
@@ -46,9 +46,9 @@ class Scorer:
         record = record or RequestRecord("", "")
         if not items:
             raise InvalidInputError("inputs must hold at least one item")
-        if len(items) > self._max_inputs:
+        if len(items) > self.max_inputs_per_request:
             raise TooManyInputsError(
-                f"{len(items)} inputs in one request; the limit is {self._max_inputs}: "
+                f"{len(items)} inputs in one request; the limit is {self.max_inputs_per_request}: "
                 "split the request"
             )
         served = self._registry.get(model)

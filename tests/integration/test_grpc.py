@@ -146,3 +146,10 @@ def test_committed_stubs_match_the_proto(tmp_path: Path) -> None:
     for name in ("rmserve_pb2.py", "rmserve_pb2.pyi", "rmserve_pb2_grpc.py"):
         fresh = (tmp_path / "service/api/grpc" / name).read_text()
         assert fresh == (ROOT / "service/api/grpc" / name).read_text(), f"regenerate {name}: see {PROTO}"
+
+
+def test_list_models_reports_models_and_limits(stub: rmserve_pb2_grpc.RewardServiceStub) -> None:
+    answer = stub.ListModels(pb.ListModelsRequest(), timeout=10)
+    assert answer.max_inputs_per_request == 64
+    assert [(m.name, m.version, m.backend, m.device) for m in answer.models] == [
+        ("bert", "local", "torch", "cpu"), ("gpt2", "local", "torch", "cpu")]

@@ -87,3 +87,31 @@ class RankResponse(_message.Message):
     ranking: _containers.RepeatedScalarFieldContainer[int]
     best: int
     def __init__(self, model: _Optional[str] = ..., version: _Optional[str] = ..., rewards: _Optional[_Iterable[float]] = ..., ranking: _Optional[_Iterable[int]] = ..., best: _Optional[int] = ...) -> None: ...
+
+class ListModelsRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class ModelCard(_message.Message):
+    __slots__ = ("name", "version", "backend", "device", "dtype", "max_length")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    BACKEND_FIELD_NUMBER: _ClassVar[int]
+    DEVICE_FIELD_NUMBER: _ClassVar[int]
+    DTYPE_FIELD_NUMBER: _ClassVar[int]
+    MAX_LENGTH_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    version: str
+    backend: str
+    device: str
+    dtype: str
+    max_length: int
+    def __init__(self, name: _Optional[str] = ..., version: _Optional[str] = ..., backend: _Optional[str] = ..., device: _Optional[str] = ..., dtype: _Optional[str] = ..., max_length: _Optional[int] = ...) -> None: ...
+
+class ListModelsResponse(_message.Message):
+    __slots__ = ("models", "max_inputs_per_request")
+    MODELS_FIELD_NUMBER: _ClassVar[int]
+    MAX_INPUTS_PER_REQUEST_FIELD_NUMBER: _ClassVar[int]
+    models: _containers.RepeatedCompositeFieldContainer[ModelCard]
+    max_inputs_per_request: int
+    def __init__(self, models: _Optional[_Iterable[_Union[ModelCard, _Mapping]]] = ..., max_inputs_per_request: _Optional[int] = ...) -> None: ...

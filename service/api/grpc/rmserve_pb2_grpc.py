@@ -49,6 +49,11 @@ class RewardServiceStub:
                 request_serializer=service_dot_api_dot_grpc_dot_rmserve__pb2.ScoreRequest.SerializeToString,
                 response_deserializer=service_dot_api_dot_grpc_dot_rmserve__pb2.ScoreResponse.FromString,
                 _registered_method=True)
+        self.ListModels = channel.unary_unary(
+                '/rmserve.v1.RewardService/ListModels',
+                request_serializer=service_dot_api_dot_grpc_dot_rmserve__pb2.ListModelsRequest.SerializeToString,
+                response_deserializer=service_dot_api_dot_grpc_dot_rmserve__pb2.ListModelsResponse.FromString,
+                _registered_method=True)
 
 
 class RewardServiceServicer:
@@ -76,6 +81,13 @@ class RewardServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ListModels(self, request, context):
+        """The loaded models and the server's limits (as GET /v1/models).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_RewardServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -93,6 +105,11 @@ def add_RewardServiceServicer_to_server(servicer, server):
                     servicer.ScoreStream,
                     request_deserializer=service_dot_api_dot_grpc_dot_rmserve__pb2.ScoreRequest.FromString,
                     response_serializer=service_dot_api_dot_grpc_dot_rmserve__pb2.ScoreResponse.SerializeToString,
+            ),
+            'ListModels': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListModels,
+                    request_deserializer=service_dot_api_dot_grpc_dot_rmserve__pb2.ListModelsRequest.FromString,
+                    response_serializer=service_dot_api_dot_grpc_dot_rmserve__pb2.ListModelsResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -176,6 +193,33 @@ class RewardService:
             '/rmserve.v1.RewardService/ScoreStream',
             service_dot_api_dot_grpc_dot_rmserve__pb2.ScoreRequest.SerializeToString,
             service_dot_api_dot_grpc_dot_rmserve__pb2.ScoreResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListModels(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/rmserve.v1.RewardService/ListModels',
+            service_dot_api_dot_grpc_dot_rmserve__pb2.ListModelsRequest.SerializeToString,
+            service_dot_api_dot_grpc_dot_rmserve__pb2.ListModelsResponse.FromString,
             options,
             channel_credentials,
             insecure,

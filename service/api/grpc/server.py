@@ -10,6 +10,7 @@ from grpc_reflection.v1alpha import reflection
 from service.api.grpc import rmserve_pb2, rmserve_pb2_grpc
 from service.api.grpc.servicer import RewardServicer
 from service.metrics import Metrics
+from service.registry import ModelRegistry
 from service.scoring import Scorer
 
 SERVICE_NAME = rmserve_pb2.DESCRIPTOR.services_by_name["RewardService"].full_name
@@ -23,12 +24,14 @@ class GrpcServer:
 
     @classmethod
     async def start(
-        cls, scorer: Scorer, metrics: Metrics, *, host: str, port: int, max_message_bytes: int
+        cls, scorer: Scorer, registry: ModelRegistry, metrics: Metrics, *, host: str, port: int,
+        max_message_bytes: int,
     ) -> GrpcServer:
         options = [("grpc.max_receive_message_length", max_message_bytes),
                    ("grpc.max_send_message_length", max_message_bytes)]
         server = grpc.aio.server(options=options)
-        rmserve_pb2_grpc.add_RewardServiceServicer_to_server(RewardServicer(scorer, metrics), server)
+        servicer = RewardServicer(scorer, registry, metrics)
+        rmserve_pb2_grpc.add_RewardServiceServicer_to_server(servicer, server)
         health_servicer = health.aio.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
         reflection.enable_server_reflection(

@@ -23,6 +23,7 @@ from service.errors import (
 )
 from service.items import Conversation, Message, PromptResponse, RawText, ScoreInput
 from service.metrics import Metrics
+from service.registry import ModelRegistry
 from service.request_record import RequestRecord, request_id_from
 from service.scoring import Scorer, ScoreResult
 
@@ -72,9 +73,20 @@ def _score_reply(result: ScoreResult) -> pb.ScoreResponse:
 
 
 class RewardServicer(rmserve_pb2_grpc.RewardServiceServicer):
-    def __init__(self, scorer: Scorer, metrics: Metrics) -> None:
+    def __init__(self, scorer: Scorer, registry: ModelRegistry, metrics: Metrics) -> None:
         self._scorer = scorer
+        self._registry = registry
         self._metrics = metrics
+
+    async def ListModels(
+        self, request: pb.ListModelsRequest, context: grpc.aio.ServicerContext
+    ) -> pb.ListModelsResponse:
+        cards = [
+            pb.ModelCard(name=m.name, version=m.version, backend=m.backend.backend, device=m.backend.device,
+                         dtype=m.backend.dtype, max_length=m.max_length)
+            for m in self._registry.all()
+        ]
+        return pb.ListModelsResponse(models=cards, max_inputs_per_request=self._scorer.max_inputs_per_request)
 
     async def Score(self, request: pb.ScoreRequest, context: grpc.aio.ServicerContext) -> pb.ScoreResponse:
         return await self._score(request, context, "Score")

@@ -12,6 +12,8 @@ from service.api.http.schemas import (
     ErrorResponse,
     ModelCard,
     ModelList,
+    OpenRLHFRewardRequest,
+    OpenRLHFRewardResponse,
     RankRequest,
     RankResponse,
     ScoreRequest,
@@ -87,9 +89,22 @@ async def rank(
     )
 
 
+@router.post("/get_reward", response_model=OpenRLHFRewardResponse, responses=_ERRORS)
+async def get_reward(
+    body: OpenRLHFRewardRequest,
+    scorer: Annotated[Scorer, Depends(get_scorer)],
+    record: Annotated[RequestRecord, Depends(get_record)],
+) -> OpenRLHFRewardResponse:
+    """OpenRLHF's remote reward model: each `query` (the full formatted text) scored as is."""
+    result = await scorer.score(body.items(), body.model, record)
+    return OpenRLHFRewardResponse(rewards=result.rewards, scores=result.rewards)
+
+
 @router.get("/v1/models", response_model=ModelList)
-async def models(registry: Annotated[ModelRegistry, Depends(get_registry)]) -> ModelList:
-    return ModelList(models=[
+async def models(
+    registry: Annotated[ModelRegistry, Depends(get_registry)], scorer: Annotated[Scorer, Depends(get_scorer)]
+) -> ModelList:
+    return ModelList(max_inputs_per_request=scorer.max_inputs_per_request, models=[
         ModelCard(
             name=m.name, version=m.version, backend=m.backend.backend, device=m.backend.device,
             dtype=m.backend.dtype, max_length=m.max_length,

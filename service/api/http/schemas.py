@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from service.items import Conversation, Message, PromptResponse, RawText, ScoreInput
@@ -80,6 +82,24 @@ class RankResponse(BaseModel):
     best: int
 
 
+class OpenRLHFRewardRequest(BaseModel):
+    """OpenRLHF's remote reward-model request (`--remote_rm_url http://host:port/get_reward`).
+    Unknown keys are ignored: OpenRLHF versions add their own."""
+
+    query: list[str] = Field(min_length=1, description="full formatted texts (prompt + response)")
+    prompts: list[str] | None = Field(None, description="the prompts alone (not needed: query has them)")
+    labels: list[Any] | None = Field(None, description="reference labels (unused by a reward model)")
+    model: str | None = Field(None, description="served model name; default model when absent")
+
+    def items(self) -> list[ScoreInput]:
+        return [RawText(text) for text in self.query]
+
+
+class OpenRLHFRewardResponse(BaseModel):
+    rewards: list[float]
+    scores: list[float]
+
+
 class ModelCard(BaseModel):
     name: str
     version: str
@@ -91,6 +111,7 @@ class ModelCard(BaseModel):
 
 class ModelList(BaseModel):
     models: list[ModelCard]
+    max_inputs_per_request: int = Field(description="items one scoring request may carry")
 
 
 class ErrorDetail(BaseModel):
