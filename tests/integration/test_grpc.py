@@ -112,6 +112,16 @@ def test_bad_input_gets_a_status_code_and_a_message(
     assert words in error.value.details()
 
 
+def test_a_passed_deadline_gets_deadline_exceeded_and_the_server_keeps_serving(
+    stub: rmserve_pb2_grpc.RewardServiceStub,
+) -> None:
+    request = pb.ScoreRequest(inputs=[to_pb(i) for i in mixed_items(seed=33, count=64)])
+    with pytest.raises(grpc.RpcError) as error:
+        stub.Score(request, timeout=0.001)
+    assert error.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+    assert len(stub.Score(request, timeout=60).rewards) == 64
+
+
 def _health(target: str) -> dict[str, int]:
     with grpc.insecure_channel(target) as channel:
         check = health_pb2_grpc.HealthStub(channel).Check
