@@ -13,9 +13,10 @@ import torch
 from fastapi import FastAPI
 
 from model_store.store import ModelStore
+from service.api.auth import ApiKeys
 from service.api.grpc.server import GrpcServer
 from service.api.http.errors import install_error_handlers
-from service.api.http.middleware import BodyLimitMiddleware, RequestObserverMiddleware
+from service.api.http.middleware import ApiKeyMiddleware, BodyLimitMiddleware, RequestObserverMiddleware
 from service.api.http.routes import router
 from service.backends.base import Backend
 from service.backends.onnx_backend import OnnxBackend, import_onnxruntime
@@ -27,7 +28,7 @@ from service.items import PromptResponse
 from service.loading import ModelSource, load_tokenizer, locate_model
 from service.metrics import Metrics
 from service.registry import ModelRegistry, ServedModel
-from service.scoring import Scorer
+from service.scoring import Scorer, ScoringLimits
 from service.settings import DEFAULT_MODEL, Settings
 
 logger = logging.getLogger("rmserve")
@@ -60,7 +61,7 @@ def load_backend(source: ModelSource, settings: Settings, pad_token_id: int) -> 
     if source.backend == "torch":
         return TorchBackend.load(
             source.path, pad_token_id=pad_token_id, device=settings.device, dtype=settings.dtype,
-            trust_remote_code=settings.trust_remote_code,
+            trust_remote_code=source.name in settings.trust_remote_code,
         )
     backend = OnnxBackend.load(
         source.onnx_file, pad_token_id=pad_token_id, device=settings.device, threads=settings.threads
@@ -103,7 +104,7 @@ class ModelLoader:
         settings = self._settings
         logger.info("loading %s:%s from %s", source.name, source.version, source.path)
         tokenizer = await asyncio.to_thread(
-            load_tokenizer, source.path, trust_remote_code=settings.trust_remote_code
+            load_tokenizer, source.path, trust_remote_code=source.name in settings.trust_remote_code
         )
         backend = await asyncio.to_thread(load_backend, source, settings, tokenizer.pad_token_id)
         formatter = InputFormatter(tokenizer, source.max_length)
@@ -120,7 +121,8 @@ class ModelLoader:
         batcher = Batcher(
             backend.score, executor, batch_limits(settings, device),
             max_wait_s=settings.max_wait_ms / 1000, max_queue_items=settings.max_queue_items,
-            workers=settings.forward_workers, observer=model_metrics,
+            max_queue_tokens=settings.max_queue_tokens, workers=settings.forward_workers,
+            observer=model_metrics,
         )
         batcher.start()
         self._registry.add(ServedModel(
@@ -153,29 +155,47 @@ def create_app(settings: Settings, sources: list[ModelSource] | None = None) -> 
     loader = ModelLoader(settings, registry, metrics)
     to_load = sources if sources is not None else locate_models(settings)
 
-    scorer = Scorer(registry, max_inputs_per_request=settings.max_inputs_per_request)
+    scorer = Scorer(registry, ScoringLimits(
+        max_inputs_per_request=settings.max_inputs_per_request,
+        max_chars_per_field=settings.max_chars_per_field,
+        reject_too_long=settings.too_long == "reject",
+    ))
+    keys = ApiKeys(settings.all_api_keys())
+    grpc_servers: list[GrpcServer] = []
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
-        grpc_server = None
         if settings.grpc_port:
-            grpc_server = await GrpcServer.start(
+            grpc_servers.append(await GrpcServer.start(
                 scorer, registry, metrics, host=settings.host, port=settings.grpc_port,
-                max_message_bytes=settings.max_body_bytes,
-            )
+                max_message_bytes=settings.max_body_bytes, keys=keys, protect_health=settings.protect_health,
+            ))
 
         async def load() -> None:
-            if await loader.load_all(to_load) and grpc_server is not None:
-                await grpc_server.set_serving(True)
+            if await loader.load_all(to_load):
+                for grpc_server in grpc_servers:
+                    await grpc_server.set_serving(True)
 
         loading = asyncio.create_task(load())
         try:
             yield
         finally:
             loading.cancel()
-            if grpc_server is not None:
-                await grpc_server.stop(grace_s=5)
+            for grpc_server in grpc_servers:
+                await grpc_server.stop(settings.shutdown_grace_s)
             await loader.close()
+
+    def begin_shutdown() -> None:
+        """On SIGTERM, before uvicorn stops accepting: not ready at once and no new work (503);
+        gRPC refuses new calls. Admitted requests finish, then the lifespan ends."""
+        registry.draining = True
+        for model in registry.all():
+            metrics.model_ready.labels(model=model.name, version=model.version).set(0)
+        loop = asyncio.get_running_loop()
+        for grpc_server in grpc_servers:
+            stopping.append(loop.create_task(grpc_server.stop(settings.shutdown_grace_s)))
+
+    stopping: list[asyncio.Task[None]] = []  # held so the tasks are not collected mid-way
 
     app = FastAPI(
         title="rmserve",
@@ -186,10 +206,22 @@ def create_app(settings: Settings, sources: list[ModelSource] | None = None) -> 
     app.state.scorer = scorer
     app.state.registry = registry
     app.state.metrics = metrics
+    app.state.begin_shutdown = begin_shutdown
     install_error_handlers(app)
     app.include_router(router)
     endpoints = {route.path for route in router.routes}  # type: ignore[attr-defined]
     app.add_middleware(BodyLimitMiddleware, max_body_bytes=settings.max_body_bytes)
-    # Outermost, so that every answer (a 413 from the body limit too) is counted and logged.
+    app.add_middleware(ApiKeyMiddleware, keys=keys, open_paths=open_paths(settings))
+    # Outermost, so that every answer (a 401 or a 413 too) is counted and logged.
     app.add_middleware(RequestObserverMiddleware, metrics=metrics, endpoints=endpoints)
     return app
+
+
+def open_paths(settings: Settings) -> set[str]:
+    """What answers without an API key: the docs, and health and metrics unless protected."""
+    paths = {"/docs", "/docs/oauth2-redirect", "/openapi.json", "/redoc"}
+    if not settings.protect_health:
+        paths |= {"/healthz", "/readyz"}
+    if not settings.protect_metrics:
+        paths.add("/metrics")
+    return paths

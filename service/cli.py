@@ -22,6 +22,7 @@ def _serve(argv: list[str]) -> int:
     from model_store.demo.build import build_demo
     from service.app import create_app, locate_models
     from service.logs import configure_logging
+    from service.serving import DrainingServer
     from service.settings import Settings
 
     settings = Settings(_cli_parse_args=argv)
@@ -30,10 +31,11 @@ def _serve(argv: list[str]) -> int:
         build_demo(ModelStore(settings.store))
     app = create_app(settings, locate_models(settings))
     # Logging is ours (log_config=None); the access log is replaced by rmserve.requests' lines.
-    uvicorn.run(
+    config = uvicorn.Config(
         app, host=settings.host, port=settings.port, log_level=settings.log_level, log_config=None,
-        access_log=False,
+        access_log=False, timeout_graceful_shutdown=settings.shutdown_grace_s,
     )
+    DrainingServer(config, app.state.begin_shutdown).run()
     return 0
 
 

@@ -23,3 +23,11 @@ class NotReadyError(ScoringError):
 
 class OverloadedError(ScoringError):
     """The queue is full; the caller should retry after a short wait."""
+
+
+class TooLargeError(ScoringError):
+    """A field or an item is over a configured size limit."""
+
+
+class InternalScoringError(ScoringError):
+    """The model produced something that must not be returned (NaN, inf); details are in the log."""

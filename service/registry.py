@@ -32,6 +32,7 @@ class ModelRegistry:
         self._default: str | None = None
         self.ready = False
         self.failure: str | None = None  # why loading failed, reported by /readyz and scoring
+        self.draining = False  # set on SIGTERM: not ready, and no new work
 
     def add(self, model: ServedModel) -> None:
         if model.name in self._models:
@@ -39,9 +40,17 @@ class ModelRegistry:
         self._models[model.name] = model
         self._default = self._default or model.name
 
-    def get(self, name: str | None) -> ServedModel:
+    @property
+    def not_ready_reason(self) -> str | None:
+        if self.draining:
+            return "the server is shutting down"
         if not self.ready:
-            raise NotReadyError(self.failure or "models are still loading")
+            return self.failure or "models are still loading"
+        return None
+
+    def get(self, name: str | None) -> ServedModel:
+        if reason := self.not_ready_reason:
+            raise NotReadyError(reason)
         key = name or self._default
         if key not in self._models:
             raise UnknownModelError(

@@ -3,14 +3,35 @@
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import logging
+import math
+import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from service.batching.batcher import BatcherClosedError, QueueFullError
-from service.errors import InvalidInputError, NotReadyError, OverloadedError, TooManyInputsError
+from service.batching.batcher import BatcherClosedError, QueueFullError, TooBigForQueueError
+from service.errors import (
+    InternalScoringError,
+    InvalidInputError,
+    NotReadyError,
+    OverloadedError,
+    TooLargeError,
+    TooManyInputsError,
+)
+from service.formatting import FormattedItem
 from service.items import Conversation, Message, PromptResponse, ScoreInput
 from service.registry import ModelRegistry
 from service.request_record import RequestRecord
+
+logger = logging.getLogger("rmserve")
+
+
+@dataclass(frozen=True)
+class ScoringLimits:
+    max_inputs_per_request: int = 1024
+    max_chars_per_field: int = 100_000
+    reject_too_long: bool = False  # else truncate
 
 
 @dataclass(frozen=True)
@@ -35,9 +56,13 @@ class RankResult:
 class Scorer:
     """Scores items with a named model; knows nothing of HTTP or gRPC."""
 
-    def __init__(self, registry: ModelRegistry, *, max_inputs_per_request: int) -> None:
+    def __init__(self, registry: ModelRegistry, limits: ScoringLimits) -> None:
         self._registry = registry
-        self.max_inputs_per_request = max_inputs_per_request
+        self.limits = limits
+
+    @property
+    def max_inputs_per_request(self) -> int:
+        return self.limits.max_inputs_per_request
 
     async def score(
         self, items: Sequence[ScoreInput], model: str | None = None, record: RequestRecord | None = None
@@ -51,14 +76,19 @@ class Scorer:
                 f"{len(items)} inputs in one request; the limit is {self.max_inputs_per_request}: "
                 "split the request"
             )
+        _check_field_sizes(items, self.limits.max_chars_per_field)
         served = self._registry.get(model)
         record.model, record.version = served.name, served.version
         # Tokenising off the event loop keeps the server answering while long inputs encode.
         formatted = await asyncio.to_thread(served.formatter.format, items)
+        if self.limits.reject_too_long:
+            _check_lengths(formatted, served.max_length)
         try:
             futures = served.batcher.submit([f.pair for f in formatted], record.timing)
         except QueueFullError as exc:
             raise OverloadedError(str(exc)) from exc
+        except TooBigForQueueError as exc:
+            raise TooLargeError(str(exc)) from exc
         except BatcherClosedError as exc:
             raise NotReadyError(str(exc)) from exc
         try:
@@ -67,6 +97,8 @@ class Scorer:
             for future in futures:  # the caller is gone: its queued items need not run
                 future.cancel()
             raise
+        if not all(math.isfinite(r) for r in rewards):
+            raise _non_finite(served.name, formatted, rewards)
         tokens = sum(len(f.pair) for f in formatted)
         record.items, record.tokens = len(items), tokens
         served.metrics.items.inc(len(items))
@@ -95,6 +127,47 @@ class Scorer:
         result = await self.score(items, model, record)
         ranking = sorted(range(len(responses)), key=lambda i: -result.rewards[i])
         return RankResult(result, ranking[:top_k] if top_k else ranking)
+
+
+def _fields(item: ScoreInput) -> list[tuple[str, str]]:
+    if isinstance(item, PromptResponse):
+        return [("prompt", item.prompt), ("response", item.response)]
+    if isinstance(item, Conversation):
+        return [(f"messages[{i}].content", m.content) for i, m in enumerate(item.messages)]
+    return [("text", item.text)]
+
+
+def _check_field_sizes(items: Sequence[ScoreInput], limit: int) -> None:
+    for index, item in enumerate(items):
+        for name, text in _fields(item):
+            if len(text) > limit:
+                raise TooLargeError(
+                    f"inputs[{index}].{name} has {len(text)} characters; the limit is {limit}"
+                )
+
+
+def _check_lengths(formatted: Sequence[FormattedItem], max_length: int) -> None:
+    too_long = [i for i, f in enumerate(formatted) if f.truncated]
+    if too_long:
+        shown = ", ".join(f"inputs[{i}]" for i in too_long[:5]) + (" ..." if len(too_long) > 5 else "")
+        raise TooLargeError(
+            f"{shown}: longer than the model's {max_length} tokens; shorten them (this server rejects "
+            "rather than truncates)"
+        )
+
+
+def _non_finite(
+    model: str, formatted: Sequence[FormattedItem], rewards: Sequence[float]
+) -> InternalScoringError:
+    """Never return NaN or inf: log what produced it (a hash of the inputs, not the text) and fail."""
+    error_id = uuid.uuid4().hex[:12]
+    digest = hashlib.sha256(repr([f.pair.input_ids for f in formatted]).encode()).hexdigest()
+    bad = [i for i, r in enumerate(rewards) if not math.isfinite(r)]
+    logger.error("non-finite rewards", extra={"error_id": error_id, "model": model, "items": bad[:20],
+                                              "inputs_sha256": digest})
+    return InternalScoringError(
+        f"the model returned a non-finite reward (error id {error_id}); see the server log"
+    )
 
 
 def _candidate(conversation: Sequence[Message], response: str) -> ScoreInput:

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import Field
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, CliSuppress, NoDecode, SettingsConfigDict
 
 from model_store.demo.build import DEMO_MODEL
 from model_store.store import DEFAULT_STORE
@@ -53,12 +53,50 @@ class Settings(BaseSettings):
         description="how long the oldest queued item may wait for others to join its batch; batches "
         "already fill while the model is busy, so waiting only pays off for sparse, bursty traffic",
     )
-    max_queue_items: int = Field(4096, ge=1, description="queued items beyond this get 503")
+    max_queue_items: int = Field(4096, ge=1, description="queued items per model beyond this: 429")
+    max_queue_tokens: int = Field(
+        262144, ge=1, description="queued tokens per model beyond this: 429 (bounds the wait too)"
+    )
     max_inputs_per_request: int = Field(1024, ge=1, description="inputs per request beyond this: 413")
     max_body_bytes: int = Field(8 * 1024 * 1024, ge=1024, description="request body limit: 413")
+    max_chars_per_field: int = Field(
+        100_000, ge=1, description="characters in one prompt, response, message or text beyond this: 413"
+    )
+    too_long: Literal["truncate", "reject"] = Field(
+        "truncate", description="items over the model's max length: truncate (prompt from the left, then "
+        "the response from the right) or reject with 413"
+    )
+    api_keys: Annotated[CliSuppress[list[str]], NoDecode] = Field(
+        default_factory=list,
+        description="RMSERVE_API_KEYS only (never a flag): comma-separated keys; any set means scoring "
+        "needs `Authorization: Bearer KEY`",
+    )
+    api_keys_file: Path | None = Field(None, description="file with one API key per line (# comments)")
+    protect_metrics: bool = Field(False, description="require an API key for /metrics too")
+    protect_health: bool = Field(False, description="require an API key for /healthz and /readyz too")
+    shutdown_grace_s: float = Field(
+        30.0, gt=0, description="on SIGTERM: seconds for admitted requests to finish before exiting"
+    )
     warmup: bool = Field(True, description="run a forward pass per model before reporting ready")
-    trust_remote_code: bool = Field(False, description="allow model code from the model folder")
+    trust_remote_code: list[str] = Field(
+        default_factory=list,
+        description="model NAME (as served) allowed to run code from its folder; repeatable. Off for all "
+        "by default",
+    )
     log_level: Literal["debug", "info", "warning", "error"] = Field(
         "info", description="info logs one line per scoring request; debug adds probes and scrapes"
     )
     log_format: Literal["json", "text"] = Field("json", description="json: one object per line")
+
+    @field_validator("api_keys", mode="before")
+    @classmethod
+    def _comma_separated(cls, value: object) -> object:
+        return [key.strip() for key in value.split(",") if key.strip()] if isinstance(value, str) else value
+
+    def all_api_keys(self) -> list[str]:
+        """Keys from RMSERVE_API_KEYS and --api-keys-file; empty means no authentication."""
+        keys = list(self.api_keys)
+        if self.api_keys_file is not None:
+            lines = self.api_keys_file.read_text().splitlines()
+            keys += [line.strip() for line in lines if line.strip() and not line.startswith("#")]
+        return keys

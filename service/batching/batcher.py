@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import math
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import Executor
@@ -15,6 +16,10 @@ from service.batching.policy import BatchLimits, select_batch
 
 class QueueFullError(Exception):
     """The queue cannot take a request's items now; the caller should retry later."""
+
+
+class TooBigForQueueError(Exception):
+    """One request holds more than the whole queue may: it can never be admitted, so retrying is futile."""
 
 
 class BatcherClosedError(Exception):
@@ -72,6 +77,7 @@ class Batcher:
         *,
         max_wait_s: float,
         max_queue_items: int,
+        max_queue_tokens: int | None = None,
         workers: int = 1,
         observer: BatchObserver | None = None,
     ) -> None:
@@ -80,6 +86,8 @@ class Batcher:
         self.limits = limits
         self._max_wait_s = max_wait_s
         self._max_queue_items = max_queue_items
+        self._max_queue_tokens = max_queue_tokens
+        self._queued_tokens = 0
         self._observer = observer
         self._pending: list[_Pending] = []
         self._wakeup = asyncio.Event()
@@ -109,13 +117,23 @@ class Batcher:
         given, is filled in as the items are computed."""
         if self._closed:
             raise BatcherClosedError("the server is shutting down")
-        if len(self._pending) + len(pairs) > self._max_queue_items:
+        tokens = sum(len(pair) for pair in pairs)
+        token_limit = self._max_queue_tokens or math.inf
+        if len(pairs) > self._max_queue_items or tokens > token_limit:
+            raise TooBigForQueueError(
+                f"this request holds {len(pairs)} items and {tokens} tokens; the queue holds at most "
+                f"{self._max_queue_items} items and {self._max_queue_tokens} tokens: split it"
+            )
+        items_after = len(self._pending) + len(pairs)
+        if items_after > self._max_queue_items or self._queued_tokens + tokens > token_limit:
             raise QueueFullError(
-                f"queue is full ({len(self._pending)} items waiting, limit {self._max_queue_items})"
+                f"the queue is full ({len(self._pending)} items, {self._queued_tokens} tokens waiting): "
+                "retry shortly"
             )
         loop = asyncio.get_running_loop()
         items = [_Pending(pair, loop.create_future(), timing) for pair in pairs]
         self._pending.extend(items)
+        self._queued_tokens += tokens
         self._notify_depth()
         self._wakeup.set()
         return [item.future for item in items]
@@ -165,11 +183,13 @@ class Batcher:
         # Items whose caller went away are dropped before they cost a forward pass.
         self._pending = [p for p in self._pending if not p.future.done()]
         if not self._pending:
+            self._queued_tokens = 0
             return []
         chosen = select_batch([len(p.pair) for p in self._pending], 0, self.limits)
         chosen_set = set(chosen)
         batch = [self._pending[i] for i in chosen]
         self._pending = [p for i, p in enumerate(self._pending) if i not in chosen_set]
+        self._queued_tokens = sum(len(p.pair) for p in self._pending)
         self._notify_depth()
         return batch
 

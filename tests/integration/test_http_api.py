@@ -144,7 +144,7 @@ def test_a_model_that_fails_to_load_is_not_ready_and_says_why(tmp_path: Path,
         assert scored.status_code == 503 and scored.headers["retry-after"]
 
 
-def test_a_full_queue_answers_503_with_retry_after_and_loses_nothing(
+def test_a_full_queue_answers_429_with_retry_after_and_loses_nothing(
     tmp_path: Path, tiny_model_dirs: dict[str, Path]
 ) -> None:
     import asyncio
@@ -162,7 +162,7 @@ def test_a_full_queue_answers_503_with_retry_after_and_loses_nothing(
         responses = asyncio.run(burst(url))
         assert httpx.get(f"{url}/healthz").status_code == 200
     codes = [r.status_code for r in responses]
-    assert set(codes) == {200, 503} and len(codes) == 40
-    refused = next(r for r in responses if r.status_code == 503)
+    assert set(codes) == {200, 429} and len(codes) == 40
+    refused = next(r for r in responses if r.status_code == 429)
     assert refused.headers["retry-after"] == "1"
     assert "queue is full" in refused.json()["error"]["message"]

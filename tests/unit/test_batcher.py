@@ -10,7 +10,7 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 
 from service.backends.base import EncodedPair
-from service.batching.batcher import Batcher, QueueFullError, RequestTiming
+from service.batching.batcher import Batcher, QueueFullError, RequestTiming, TooBigForQueueError
 from service.batching.policy import BatchLimits
 
 
@@ -34,10 +34,10 @@ def pair(*ids: int) -> EncodedPair:
     return EncodedPair(tuple(ids))
 
 
-async def _with_batcher(backend, body, *, limits=None, max_queue_items=1000):
+async def _with_batcher(backend, body, *, limits=None, max_queue_items=1000, max_queue_tokens=None):
     with ThreadPoolExecutor(1, thread_name_prefix="forward") as executor:
         batcher = Batcher(backend.score, executor, limits or BatchLimits(16, 4096),
-                          max_wait_s=0.01, max_queue_items=max_queue_items)
+                          max_wait_s=0.01, max_queue_items=max_queue_items, max_queue_tokens=max_queue_tokens)
         batcher.start()
         try:
             return await body(batcher)
@@ -77,11 +77,24 @@ def test_a_failing_forward_fails_every_waiting_request() -> None:
 def test_a_full_queue_refuses_the_whole_request() -> None:
     async def body(batcher):
         futures = batcher.submit([pair(1)] * 3)
-        with pytest.raises(QueueFullError, match="limit 4"):
+        with pytest.raises(QueueFullError, match="3 items, 3 tokens waiting"):
             batcher.submit([pair(1)] * 2)
         assert await asyncio.gather(*futures) == [1.0] * 3
 
     asyncio.run(_with_batcher(FakeBackend(), body, max_queue_items=4))
+
+
+def test_the_queue_is_bounded_in_tokens_too_and_a_request_too_big_for_it_is_told_to_split() -> None:
+    async def body(batcher):
+        futures = batcher.submit([pair(1, 2, 3)] * 2)  # 6 of 8 tokens
+        with pytest.raises(QueueFullError, match="6 tokens waiting"):
+            batcher.submit([pair(1, 2, 3)])
+        with pytest.raises(TooBigForQueueError, match=r"9 tokens.*at most 100 items and 8 tokens: split"):
+            batcher.submit([pair(1, 2, 3)] * 3)
+        await asyncio.gather(*futures)
+        assert await asyncio.gather(*batcher.submit([pair(1, 2, 3)] * 2)) == [6.0, 6.0]  # room again
+
+    asyncio.run(_with_batcher(FakeBackend(), body, max_queue_items=100, max_queue_tokens=8))
 
 
 def test_cancelled_items_are_not_computed() -> None:

@@ -14,10 +14,12 @@ import grpc
 from service.api.grpc import rmserve_pb2 as pb
 from service.api.grpc import rmserve_pb2_grpc
 from service.errors import (
+    InternalScoringError,
     InvalidInputError,
     NotReadyError,
     OverloadedError,
     ScoringError,
+    TooLargeError,
     TooManyInputsError,
     UnknownModelError,
 )
@@ -29,13 +31,15 @@ from service.scoring import Scorer, ScoreResult
 
 logger = logging.getLogger("rmserve.grpc")
 
-# The same errors as over HTTP (422/413, 404, 503, 503), in gRPC's words.
+# The same errors as over HTTP (422, 413, 413, 404, 503, 429, 500), in gRPC's words.
 _STATUS: dict[type[ScoringError], tuple[grpc.StatusCode, str]] = {
     InvalidInputError: (grpc.StatusCode.INVALID_ARGUMENT, "invalid_input"),
     TooManyInputsError: (grpc.StatusCode.INVALID_ARGUMENT, "too_many_inputs"),
+    TooLargeError: (grpc.StatusCode.INVALID_ARGUMENT, "too_large"),
     UnknownModelError: (grpc.StatusCode.NOT_FOUND, "unknown_model"),
     NotReadyError: (grpc.StatusCode.UNAVAILABLE, "not_ready"),
     OverloadedError: (grpc.StatusCode.RESOURCE_EXHAUSTED, "overloaded"),
+    InternalScoringError: (grpc.StatusCode.INTERNAL, "internal"),
 }
 
 Reply = TypeVar("Reply")

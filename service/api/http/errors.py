@@ -11,10 +11,12 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException
 
 from service.errors import (
+    InternalScoringError,
     InvalidInputError,
     NotReadyError,
     OverloadedError,
     ScoringError,
+    TooLargeError,
     TooManyInputsError,
     UnknownModelError,
 )
@@ -25,9 +27,11 @@ RETRY_AFTER_S = 1
 _STATUS: dict[type[ScoringError], tuple[int, str]] = {
     InvalidInputError: (422, "invalid_input"),
     TooManyInputsError: (413, "too_many_inputs"),
+    TooLargeError: (413, "too_large"),
     UnknownModelError: (404, "unknown_model"),
     NotReadyError: (503, "not_ready"),
-    OverloadedError: (503, "overloaded"),
+    OverloadedError: (429, "overloaded"),
+    InternalScoringError: (500, "internal"),
 }
 
 

@@ -9,6 +9,7 @@ import time
 from starlette.datastructures import Headers, MutableHeaders
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from service.api.auth import UNAUTHORIZED_MESSAGE, ApiKeys
 from service.metrics import Metrics
 from service.request_record import RequestRecord, request_id_from
 
@@ -69,6 +70,31 @@ class BodyLimitMiddleware:
         }}).encode()
         await send({"type": "http.response.start", "status": 413, "headers": [
             (b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
+        ]})
+        await send({"type": "http.response.body", "body": body})
+
+
+class ApiKeyMiddleware:
+    """401 for protected paths without a valid API key, before the body is read. The answer is the
+    same whether the key was missing or wrong."""
+
+    def __init__(self, app: ASGIApp, *, keys: ApiKeys, open_paths: set[str]) -> None:
+        self.app = app
+        self.keys = keys
+        self.open_paths = open_paths
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if (scope["type"] != "http" or scope["path"] in self.open_paths
+                or self.keys.allows(Headers(scope=scope).get("authorization"))):
+            await self.app(scope, receive, send)
+            return
+        record: RequestRecord | None = scope.get("state", {}).get("record")
+        if record is not None:
+            record.error_type = "unauthorized"
+        body = json.dumps({"error": {"type": "unauthorized", "message": UNAUTHORIZED_MESSAGE}}).encode()
+        await send({"type": "http.response.start", "status": 401, "headers": [
+            (b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
+            (b"www-authenticate", b"Bearer"),
         ]})
         await send({"type": "http.response.body", "body": body})
 

@@ -30,8 +30,10 @@ router = APIRouter()
 _ERRORS = {
     code: {"model": ErrorResponse, "description": text}
     for code, text in {
-        404: "unknown model", 413: "too many inputs or body too large",
-        422: "invalid request", 503: "not ready or overloaded (see Retry-After)",
+        401: "missing or invalid API key", 404: "unknown model",
+        413: "too many inputs, or a field, item or body too large", 422: "invalid request",
+        429: "queue full: retry after Retry-After seconds", 500: "internal error (with an error id)",
+        503: "not ready or shutting down (see Retry-After)",
     }.items()
 }
 
@@ -122,8 +124,8 @@ async def healthz() -> dict[str, str]:
 @router.get("/readyz", responses={503: {"model": ErrorResponse}})
 async def readyz(request: Request, registry: Annotated[ModelRegistry, Depends(get_registry)]) -> JSONResponse:
     """Ready: every model is loaded and warmed up."""
-    if not registry.ready:
-        return error_response(503, "not_ready", registry.failure or "models are still loading", request)
+    if reason := registry.not_ready_reason:
+        return error_response(503, "not_ready", reason, request)
     return JSONResponse({"status": "ready"})
 
 
