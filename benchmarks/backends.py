@@ -219,7 +219,7 @@ def main(argv: list[str] | None = None) -> int:
                 dtype = ["--dtype", args.torch_dtype] if backend == "torch" else []
                 command = [sys.executable, "-m", "service.cli", "serve", "--model", args.model,
                            "--store", str(args.store), "--host", "127.0.0.1", "--port", str(port),
-                           "--device", args.device, "--backend", backend, *dtype,
+                           "--device", args.device, "--backend", backend, "--grpc-port", "0", *dtype,
                            *shlex.split(args.server_args)]
                 per = bench_server(f"rmserve-{backend}", command, port, workloads, args, Path(tmp))
                 for name, results in per.items():

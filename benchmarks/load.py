@@ -479,7 +479,8 @@ def main(argv: list[str] | None = None) -> int:
             port = free_port()
             command = [sys.executable, "-m", "service.cli", "serve", "--model", args.model,
                        "--store", str(args.store), "--host", "127.0.0.1", "--port", str(port),
-                       "--device", args.device, "--dtype", args.dtype, *shlex.split(args.server_args)]
+                       "--grpc-port", "0", "--device", args.device, "--dtype", args.dtype,
+                       *shlex.split(args.server_args)]
             servers["rmserve"] = bench_server("rmserve", command, port, workloads, args, Path(tmp))
         if "naive" in args.parts:
             port = free_port()

@@ -32,7 +32,7 @@ def plot(results: dict, title: str, out: Path) -> None:
                 ax.annotate(f"c={r['concurrency']}", (r["throughput_rps"], r["p50_ms"]),
                             textcoords="offset points", xytext=(4, -11), fontsize=8, color=colour)
         ax.set_yscale("log")
-        ax.set_xlabel("throughput (requests/s, one pair each)")
+        ax.set_xlabel("throughput (requests/s)")
         ax.set_ylabel("latency (ms)")
         source = workload["source"].split(" (")[0]
         ax.set_title(f"{name}: {source}, mean {workload['mean_tokens']:.0f} tokens")

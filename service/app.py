@@ -63,15 +63,10 @@ def load_backend(source: ModelSource, settings: Settings, pad_token_id: int) -> 
             source.path, pad_token_id=pad_token_id, device=settings.device, dtype=settings.dtype,
             trust_remote_code=source.name in settings.trust_remote_code,
         )
-    backend = OnnxBackend.load(
+    # --dtype is for torch only (Settings refuses it with --backend onnx): an export has its own.
+    return OnnxBackend.load(
         source.onnx_file, pad_token_id=pad_token_id, device=settings.device, threads=settings.threads
     )
-    if settings.dtype not in ("auto", backend.info.dtype):
-        raise ValueError(
-            f"{source.name}'s ONNX export is {backend.info.dtype}; its dtype is fixed when it is exported "
-            "(rmserve models export-onnx [--fp16]): drop --dtype or use --backend torch"
-        )
-    return backend
 
 
 class ModelLoader:
@@ -109,9 +104,11 @@ class ModelLoader:
         backend = await asyncio.to_thread(load_backend, source, settings, tokenizer.pad_token_id)
         formatter = InputFormatter(tokenizer, source.max_length)
         device = backend.info.device
-        executor = self._executors.setdefault(
-            device, ThreadPoolExecutor(settings.forward_workers, thread_name_prefix=f"forward-{device}")
-        )
+        if device not in self._executors:
+            self._executors[device] = ThreadPoolExecutor(
+                settings.forward_workers, thread_name_prefix=f"forward-{device}"
+            )
+        executor = self._executors[device]
         if settings.warmup:
             warm = formatter.format([PromptResponse("Warm-up prompt.", "Warm-up response.")])
             await asyncio.get_running_loop().run_in_executor(

@@ -8,6 +8,8 @@ import os
 import sys
 from pathlib import Path
 
+from pydantic import ValidationError
+
 from model_store.store import DEFAULT_STORE, ModelStore, ModelStoreError
 from service.backends.onnx_backend import BackendUnavailableError
 
@@ -118,6 +120,14 @@ def main(argv: list[str] | None = None) -> int:
     except (ModelStoreError, BackendUnavailableError) as exc:
         print(f"rmserve: {exc}", file=sys.stderr)
         return 1
+    except ValidationError as exc:  # inconsistent settings: say which, without a traceback
+        problems = "; ".join(
+            ("--" + str(e["loc"][0]).replace("_", "-") + ": " if e["loc"] else "")
+            + e["msg"].removeprefix("Value error, ")
+            for e in exc.errors()
+        )
+        print(f"rmserve: {problems}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

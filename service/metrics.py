@@ -148,7 +148,10 @@ class DeviceMemoryCollector(Collector):
             "rmserve_device_memory_total_bytes", "Memory a device has", labels=["device"]
         )
         for device in sorted(self.devices):
-            in_use, capacity = _memory(device)
+            try:
+                in_use, capacity = _memory(device)
+            except Exception:  # e.g. onnxruntime-gpu beside a CPU-only torch: no reading, no failed scrape
+                continue
             used.add_metric([device], in_use)
             total.add_metric([device], capacity)
         yield used

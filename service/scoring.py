@@ -93,9 +93,15 @@ class Scorer:
             raise NotReadyError(str(exc)) from exc
         try:
             rewards = list(await asyncio.gather(*futures))
-        except BaseException:
-            for future in futures:  # the caller is gone: its queued items need not run
+        except BaseException as exc:
+            for future in futures:  # the caller is gone, or the batch failed: nothing more to run
                 future.cancel()
+            if isinstance(exc, Exception):  # the forward pass failed (e.g. out of memory)
+                error_id = uuid.uuid4().hex[:12]
+                logger.exception("forward pass failed", extra={"error_id": error_id, "model": served.name})
+                raise InternalScoringError(
+                    f"the forward pass failed (error id {error_id}); see the server log"
+                ) from exc
             raise
         if not all(math.isfinite(r) for r in rewards):
             raise _non_finite(served.name, formatted, rewards)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, CliSuppress, NoDecode, SettingsConfigDict
 
 from model_store.demo.build import DEMO_MODEL
@@ -87,6 +87,15 @@ class Settings(BaseSettings):
         "info", description="info logs one line per scoring request; debug adds probes and scrapes"
     )
     log_format: Literal["json", "text"] = Field("json", description="json: one object per line")
+
+    @model_validator(mode="after")
+    def _dtype_is_for_torch(self) -> Settings:
+        if self.backend == "onnx" and self.dtype != "auto":
+            raise ValueError(
+                "--dtype applies to the torch backend; an ONNX export's dtype is fixed when it is made "
+                "(rmserve models export-onnx [--fp16]): drop --dtype or use --backend torch"
+            )
+        return self
 
     @field_validator("api_keys", mode="before")
     @classmethod

@@ -54,7 +54,7 @@ class AsyncRewardClient:
         self.model = model
         self._max_retries = max_retries
         self._backoff = (backoff_base_s, backoff_cap_s)
-        self._chunk_size = chunk_size
+        self._chunk_size = chunk_size  # None: the server's limit, asked once
         self._gate = asyncio.Semaphore(max_concurrency)
         self.transport: Transport
         if url.startswith("grpc://"):
@@ -71,14 +71,21 @@ class AsyncRewardClient:
         if not items:
             return []
         wanted = [as_item(i) for i in items]
-        size = self._chunk_size or await self._retrying(self.transport.max_inputs_per_request)
+        if self._chunk_size is None:
+            self._chunk_size = await self._retrying(self.transport.max_inputs_per_request)
+        size = self._chunk_size
         chunks = [wanted[i : i + size] for i in range(0, len(wanted), size)]
 
         async def one(chunk: list[Item]) -> list[float]:
             async with self._gate:
                 return await self._retrying(lambda: self.transport.score(chunk, model or self.model))
 
-        return [reward for rewards in await asyncio.gather(*map(one, chunks)) for reward in rewards]
+        try:  # the first chunk that fails cancels the rest and is raised as itself
+            async with asyncio.TaskGroup() as group:
+                tasks = [group.create_task(one(chunk)) for chunk in chunks]
+        except* Exception as failures:
+            raise failures.exceptions[0] from None
+        return [reward for task in tasks for reward in task.result()]
 
     async def rank(
         self,

@@ -137,6 +137,7 @@ class GrpcTransport:
             code, details = exc.code(), exc.details() or ""
             if code == grpc.StatusCode.DEADLINE_EXCEEDED:
                 raise RewardTimeoutError(f"no answer within {self._timeout_s} s") from exc
-            if code in _RETRY_GRPC:
+            # RESOURCE_EXHAUSTED also means "message over the size limit": that never gets better.
+            if code in _RETRY_GRPC and "larger than max" not in details:
                 raise Retryable(f"{code.name}: {details}") from exc
             raise RewardRequestError(code.name, details) from exc

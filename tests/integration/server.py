@@ -17,9 +17,16 @@ STARTUP_TIMEOUT_S = 120
 
 
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    return free_ports(1)[0]
+
+
+def free_ports(count: int) -> list[int]:
+    """Distinct free loopback ports (all held open while choosing, so none repeats)."""
+    with contextlib.ExitStack() as stack:
+        sockets = [stack.enter_context(socket.socket()) for _ in range(count)]
+        for sock in sockets:
+            sock.bind(("127.0.0.1", 0))
+        return [sock.getsockname()[1] for sock in sockets]
 
 
 @contextlib.contextmanager
@@ -35,7 +42,7 @@ def running_server(
     """Yield the base URL of a server started with `rmserve serve ARGS`; stop it afterwards.
     Its output goes to `log_file` at info level if given (else to a pipe, warnings only). gRPC
     is off unless a `grpc_port` is given."""
-    port = free_port()
+    port = next(p for p in free_ports(2) if p != grpc_port)
     level = "info" if log_file else "warning"
     command = [sys.executable, "-m", "service.cli", "serve", "--host", "127.0.0.1",
                "--port", str(port), "--grpc-port", str(grpc_port), "--store", str(store),

@@ -14,12 +14,15 @@ import time
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
+import grpc
 import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from service.api.grpc import rmserve_pb2 as pb
+from service.api.grpc import rmserve_pb2_grpc
 from tests.integration.reference import mixed_items
 from tests.integration.server import free_port, running_server
 
@@ -90,21 +93,36 @@ async def send_traffic(url: str, *, requests: int, concurrency: int = 8) -> Coun
     return answered
 
 
+class Served(NamedTuple):
+    url: str
+    log_file: Path
+    grpc: str  # host:port
+
+
+def send_grpc_traffic(target: str) -> None:
+    """A few gRPC calls, one of them refused, so the dashboard sees both transports."""
+    with grpc.insecure_channel(target) as channel:
+        stub = rmserve_pb2_grpc.RewardServiceStub(channel)
+        for i in range(5):
+            stub.Score(pb.ScoreRequest(model="bert", inputs=[pb.Item(text=f"item {i}")]), timeout=30)
+        with contextlib.suppress(grpc.RpcError):
+            stub.Score(pb.ScoreRequest(model="bert"), timeout=30)
+
+
 @pytest.fixture(scope="module")
-def server(
-    tiny_model_dirs: dict[str, Path], tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[tuple[str, Path]]:
-    """Two models, a small body limit, logging at info to a file; (url, log file)."""
+def server(tiny_model_dirs: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
+    """Two models, a small body limit, gRPC, logging at info to a file."""
     root = tmp_path_factory.mktemp("observability")
     args = [arg for name, tiny in MODELS.items() for arg in ("--model", f"{name}={tiny_model_dirs[tiny]}")]
     log_file = root / "server.log"
     args += ["--max-body-bytes", "4096"]
-    with running_server(args, store=root / "store", log_file=log_file) as url:
-        yield url, log_file
+    grpc_port = free_port()
+    with running_server(args, store=root / "store", log_file=log_file, grpc_port=grpc_port) as url:
+        yield Served(url, log_file, f"127.0.0.1:{grpc_port}")
 
 
-def test_counters_add_up_per_model_endpoint_and_code(server: tuple[str, Path]) -> None:
-    url, _ = server
+def test_counters_add_up_per_model_endpoint_and_code(server: Served) -> None:
+    url = server.url
     before = scrape(url)
     answered = asyncio.run(send_traffic(url, requests=40))
     too_large = httpx.post(f"{url}/v1/score", content=b"{" + b" " * 5000 + b"}",
@@ -143,16 +161,15 @@ def test_counters_add_up_per_model_endpoint_and_code(server: tuple[str, Path]) -
         "bert": ("torch", "cpu", "float32"), "gpt2": ("torch", "cpu", "float32")}
 
 
-def test_request_id_is_kept_or_made_and_each_request_logs_one_json_line(server: tuple[str, Path]) -> None:
-    url, log_file = server
+def test_request_id_is_kept_or_made_and_each_request_logs_one_json_line(server: Served) -> None:
+    url, log_file = server.url, server.log_file
     body = {"model": "gpt2", "inputs": mixed_items(seed=2, count=5)}
     kept = httpx.post(f"{url}/v1/score", json=body, headers={"X-Request-ID": "trace-42"})
     made = httpx.post(f"{url}/v1/score", json={"inputs": []}, headers={"X-Request-ID": "not a token!"})
     assert kept.headers["x-request-id"] == "trace-42"
     assert re.fullmatch(r"[0-9a-f]{32}", made.headers["x-request-id"])
 
-    lines = [json.loads(line) for line in log_file.read_text().splitlines() if line.startswith("{")]
-    requests = {line["request_id"]: line for line in lines if line["logger"] == "rmserve.requests"}
+    requests = logged_requests(log_file, until={"trace-42", made.headers["x-request-id"]})
     ok = requests["trace-42"]
     assert (ok["level"], ok["status"], ok["endpoint"], ok["model"], ok["version"], ok["items"]) == (
         "INFO", 200, "/v1/score", "gpt2", "local", 5)
@@ -164,8 +181,19 @@ def test_request_id_is_kept_or_made_and_each_request_logs_one_json_line(server: 
     assert not any(line["endpoint"] in ("/readyz", "/metrics") for line in requests.values())
 
 
-def test_every_metric_the_dashboard_uses_is_exported(server: tuple[str, Path]) -> None:
-    url, _ = server
+def logged_requests(log_file: Path, until: set[str]) -> dict[str, dict[str, Any]]:
+    """The request log lines by request id, once those in `until` are written (within 10 s)."""
+    deadline = time.monotonic() + 10
+    while True:
+        lines = [json.loads(line) for line in log_file.read_text().splitlines() if line.startswith("{")]
+        requests = {line["request_id"]: line for line in lines if line["logger"] == "rmserve.requests"}
+        if until <= requests.keys() or time.monotonic() > deadline:
+            return requests
+        time.sleep(0.1)
+
+
+def test_every_metric_the_dashboard_uses_is_exported(server: Served) -> None:
+    url = server.url
     asyncio.run(send_traffic(url, requests=10))
     exported = {name for name, _ in scrape(url)}
     names = dashboard_metric_names()
@@ -232,12 +260,13 @@ def wait_for(prometheus: str, expr: str, timeout_s: float = 30) -> None:
         time.sleep(0.5)
 
 
-def test_real_prometheus_answers_every_dashboard_query(server: tuple[str, Path], tmp_path: Path) -> None:
-    url, _ = server
+def test_real_prometheus_answers_every_dashboard_query(server: Served, tmp_path: Path) -> None:
+    url = server.url
     with running_prometheus(url.removeprefix("http://"), tmp_path) as prometheus:
         wait_for(prometheus, 'up{job="rmserve"} == 1')
         for _ in range(3):  # load spread over a few scrapes, so rates have something to see
             asyncio.run(send_traffic(url, requests=40))
+            send_grpc_traffic(server.grpc)
             time.sleep(1)
         scrape_started = time.time()
         wait_for(prometheus, f'timestamp(up{{job="rmserve"}}) > {scrape_started + 1}')

@@ -93,10 +93,29 @@ def test_serve_refuses_a_tampered_or_missing_export(onnx_store: Path, tmp_path: 
 
 
 def test_onnx_batches_mix_requests(servers: tuple[str, str]) -> None:
-    """The comparison above means something only if the ONNX server batched requests together."""
-    totals = {"rmserve_batch_size_sum": 0.0, "rmserve_batch_size_count": 0.0}
-    for line in httpx.get(f"{servers[0]}/metrics").text.splitlines():
-        key = line.split("{")[0]
-        if key in totals:
-            totals[key] += float(line.rsplit(" ", 1)[1])
-    assert totals["rmserve_batch_size_sum"] > totals["rmserve_batch_size_count"] > 0
+    """The comparison above means something only if the ONNX server batches requests together:
+    one-item requests sent at once must share forward passes."""
+
+    def batches() -> tuple[float, float]:
+        """(forward passes, those with one row) so far, over all models."""
+        total = single = 0.0
+        for line in httpx.get(f"{servers[0]}/metrics").text.splitlines():
+            if line.startswith("rmserve_batch_size_count{"):
+                total += float(line.rsplit(" ", 1)[1])
+            elif line.startswith("rmserve_batch_size_bucket{") and 'le="1.0"' in line:
+                single += float(line.rsplit(" ", 1)[1])
+        return total, single
+
+    async def one_item_requests() -> None:
+        async with httpx.AsyncClient(base_url=servers[0], timeout=60) as client:
+            answers = await asyncio.gather(*(
+                client.post("/v1/score", json={"model": "bert", "inputs": [item]})
+                for item in mixed_items(seed=12, count=24)
+            ))
+        assert {a.status_code for a in answers} == {200}
+
+    total_before, single_before = batches()
+    asyncio.run(one_item_requests())
+    total, single = batches()
+    assert total - total_before < 24  # fewer forward passes than requests
+    assert (total - total_before) - (single - single_before) > 0  # some held several requests

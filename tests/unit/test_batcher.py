@@ -158,6 +158,6 @@ def test_request_timing_holds_the_longest_wait_and_every_forward_pass_that_carri
 
     split, alone = asyncio.run(_with_batcher(backend, body, limits=BatchLimits(2, 4096)))
     assert backend.batches == [2, 2]
-    assert 0.1 <= split.compute_s < 0.5  # both passes
+    assert 0.1 <= split.compute_s < 2.0  # both passes (the bound only guards against nonsense)
     assert 0.05 <= alone.compute_s < split.compute_s  # only the second
     assert alone.queue_s >= 0.05  # waited for the first pass

@@ -76,7 +76,8 @@ class GrpcServer:
             (SERVICE_NAME, health_name, reflection.SERVICE_NAME),
             server,
         )
-        server.add_insecure_port(f"{host}:{port}")  # raises if the port is taken
+        address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"  # IPv6 hosts in brackets
+        server.add_insecure_port(address)  # raises if the port is taken
         grpc_server = cls(server, health_servicer)
         await grpc_server.set_serving(False)  # until the models are loaded
         await server.start()

@@ -43,6 +43,8 @@ _STATUS: dict[type[ScoringError], tuple[grpc.StatusCode, str]] = {
 }
 
 Reply = TypeVar("Reply")
+# Chunks of one ScoreStream in the queue at once: enough to keep the batcher busy between them.
+_STREAM_CHUNKS_IN_FLIGHT = 2
 
 
 def to_items(request: pb.ScoreRequest) -> list[ScoreInput]:
@@ -93,15 +95,7 @@ class RewardServicer(rmserve_pb2_grpc.RewardServiceServicer):
         return pb.ListModelsResponse(models=cards, max_inputs_per_request=self._scorer.max_inputs_per_request)
 
     async def Score(self, request: pb.ScoreRequest, context: grpc.aio.ServicerContext) -> pb.ScoreResponse:
-        return await self._score(request, context, "Score")
-
-    async def _score(
-        self, request: pb.ScoreRequest, context: grpc.aio.ServicerContext, method: str
-    ) -> pb.ScoreResponse:
-        async def score(record: RequestRecord) -> pb.ScoreResponse:
-            return _score_reply(await self._scorer.score(to_items(request), request.model or None, record))
-
-        return await self._answer(method, context, score)
+        return await self._unary(context, self._run("Score", context, self._scoring(request)))
 
     async def Rank(self, request: pb.RankRequest, context: grpc.aio.ServicerContext) -> pb.RankResponse:
         async def rank(record: RequestRecord) -> pb.RankResponse:
@@ -120,26 +114,35 @@ class RewardServicer(rmserve_pb2_grpc.RewardServiceServicer):
                 ranking=result.ranking, best=result.best,
             )
 
-        return await self._answer("Rank", context, rank)
+        return await self._unary(context, self._run("Rank", context, rank))
 
     async def ScoreStream(
         self, requests: AsyncIterator[pb.ScoreRequest], context: grpc.aio.ServicerContext
     ) -> AsyncIterator[pb.ScoreResponse]:
-        # Every chunk is submitted as it arrives, so the batcher sees all of them at once; the
-        # replies go back in order. A failed chunk ends the stream with its status.
+        # Chunks are scored while the next ones arrive, at most _STREAM_CHUNKS_IN_FLIGHT at once so
+        # one stream cannot fill the queue; replies go back in order. A failed chunk ends the
+        # stream with its status (once) and the chunks behind it are dropped.
         pending: asyncio.Queue[asyncio.Task[pb.ScoreResponse] | None] = asyncio.Queue()
+        room = asyncio.Semaphore(_STREAM_CHUNKS_IN_FLIGHT)
 
         async def read() -> None:
             try:
                 async for request in requests:
-                    pending.put_nowait(asyncio.create_task(self._score(request, context, "ScoreStream")))
+                    await room.acquire()
+                    call = self._run("ScoreStream", context, self._scoring(request))
+                    pending.put_nowait(asyncio.create_task(call))
             finally:
                 pending.put_nowait(None)
 
         reader = asyncio.create_task(read())
         try:
             while (task := await pending.get()) is not None:
-                yield await task
+                try:
+                    reply = await task
+                except _Failed as failure:
+                    await context.abort(failure.code, failure.message)
+                room.release()
+                yield reply
             await reader
         finally:
             reader.cancel()
@@ -147,13 +150,27 @@ class RewardServicer(rmserve_pb2_grpc.RewardServiceServicer):
                 if (task := pending.get_nowait()) is not None:
                     task.cancel()
 
-    async def _answer(
+    def _scoring(self, request: pb.ScoreRequest) -> Callable[[RequestRecord], Awaitable[pb.ScoreResponse]]:
+        async def score(record: RequestRecord) -> pb.ScoreResponse:
+            return _score_reply(await self._scorer.score(to_items(request), request.model or None, record))
+
+        return score
+
+    @staticmethod
+    async def _unary(context: grpc.aio.ServicerContext, call: Awaitable[Reply]) -> Reply:
+        try:
+            return await call
+        except _Failed as failure:
+            await context.abort(failure.code, failure.message)
+            raise  # abort() raises; this keeps type checkers sure of it
+
+    async def _run(
         self,
         method: str,
         context: grpc.aio.ServicerContext,
         handle: Callable[[RequestRecord], Awaitable[Reply]],
     ) -> Reply:
-        """Runs one call: a record to fill, errors to status codes, then count it and log it."""
+        """One scoring call: a record to fill, errors turned into _Failed, then counted and logged."""
         metadata = dict(context.invocation_metadata() or ())
         record = RequestRecord(request_id_from(metadata.get("x-request-id")), f"grpc:{method}")
         context.set_trailing_metadata((("x-request-id", record.request_id),))
@@ -166,16 +183,12 @@ class RewardServicer(rmserve_pb2_grpc.RewardServiceServicer):
                 (v for cls, v in _STATUS.items() if isinstance(exc, cls)),
                 (grpc.StatusCode.INTERNAL, "internal"),
             )
-            await context.abort(code, str(exc))
-            raise  # abort() raises; this keeps type checkers sure of it
-        except grpc.aio.AbortError:
-            raise
-        except Exception:
+            raise _Failed(code, str(exc)) from exc
+        except Exception as exc:
             error_id = uuid.uuid4().hex[:12]
             logger.exception("internal error %s", error_id)
             code, record.error_type = grpc.StatusCode.INTERNAL, "internal"
-            await context.abort(code, f"internal error (id {error_id}); see server log")
-            raise
+            raise _Failed(code, f"internal error (id {error_id}); see the server log") from exc
         except asyncio.CancelledError:
             code, record.error_type = grpc.StatusCode.CANCELLED, "cancelled"
             raise
@@ -184,3 +197,12 @@ class RewardServicer(rmserve_pb2_grpc.RewardServiceServicer):
             self._metrics.count_request(record, code.name, failed=code != grpc.StatusCode.OK,
                                         duration_s=duration_s)
             record.log(code.name, duration_s)
+
+
+class _Failed(Exception):
+    """A call's outcome as a gRPC status; aborted by whoever answers the client."""
+
+    def __init__(self, code: grpc.StatusCode, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message

@@ -13,8 +13,10 @@ from service.api.auth import UNAUTHORIZED_MESSAGE, ApiKeys
 from service.metrics import Metrics
 from service.request_record import RequestRecord, request_id_from
 
-# Probes and scrapes arrive every few seconds: logged at debug, so info shows the real traffic.
-_QUIET_ENDPOINTS = {"/healthz", "/readyz", "/metrics"}
+# Logged at info; everything else (probes and scrapes every few seconds, docs) at debug.
+_SCORING_ENDPOINTS = {"/v1/score", "/v1/rank", "/get_reward"}
+# Their 503s while starting or draining are answers, not errors.
+_PROBES = {"/healthz", "/readyz"}
 
 _BODY_METHODS = {"POST", "PUT", "PATCH"}
 
@@ -130,8 +132,12 @@ class RequestObserverMiddleware:
 
         try:
             await self.app(scope, receive, send_with_id)
+        except Exception:  # a bug: the outer error handler answers 500; count it as one
+            record.error_type = record.error_type or "internal"
+            raise
         finally:
             inflight.dec()
             duration_s = time.monotonic() - started
-            self.metrics.count_request(record, str(status), failed=status >= 400, duration_s=duration_s)
-            record.log(status, duration_s, logging.DEBUG if endpoint in _QUIET_ENDPOINTS else logging.INFO)
+            failed = status >= 400 and endpoint not in _PROBES
+            self.metrics.count_request(record, str(status), failed=failed, duration_s=duration_s)
+            record.log(status, duration_s, logging.INFO if endpoint in _SCORING_ENDPOINTS else logging.DEBUG)
