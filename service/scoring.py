@@ -81,6 +81,11 @@ class Scorer:
         record.model, record.version = served.name, served.version
         # Tokenising off the event loop keeps the server answering while long inputs encode.
         formatted = await asyncio.to_thread(served.formatter.format, items)
+        if empty := [i for i, f in enumerate(formatted) if not f.pair.input_ids]:
+            # A zero-length row would fail the whole batch it joins, other callers' items included.
+            raise InvalidInputError(
+                f"inputs[{empty[0]}] encodes to no tokens for this model: give it some text"
+            )
         if self.limits.reject_too_long:
             _check_lengths(formatted, served.max_length)
         try:
