@@ -25,7 +25,7 @@ from service.batching.batcher import Batcher
 from service.batching.policy import BatchLimits
 from service.formatting import InputFormatter
 from service.items import PromptResponse
-from service.loading import ModelSource, load_tokenizer, locate_model
+from service.loading import ModelSource, load_tokenizer, locate_model, refuse_custom_code
 from service.metrics import Metrics
 from service.registry import ModelRegistry, ServedModel
 from service.scoring import Scorer, ScoringLimits
@@ -52,6 +52,9 @@ def locate_models(settings: Settings) -> list[ModelSource]:
     """Resolve and checksum-verify every --model before the server starts (fail fast)."""
     store = ModelStore(settings.store)
     sources = [locate_model(arg, store, settings.backend) for arg in settings.model or [DEFAULT_MODEL]]
+    for source in sources:
+        if source.backend == "torch" and source.name not in settings.trust_remote_code:
+            refuse_custom_code(source)
     if any(source.backend == "onnx" for source in sources):
         import_onnxruntime()  # a missing extra is a one-line error now, not a failed load later
     return sources

@@ -67,6 +67,15 @@ def locate_model(arg: str, store: ModelStore, backend: BackendName | Literal["au
     return source
 
 
+def refuse_custom_code(source: ModelSource) -> None:
+    """Model code shipped in a folder (config.json's `auto_map`) runs only when trusted by name."""
+    if "auto_map" in read_config(source.path):
+        raise ModelStoreError(
+            f"model {source.name!r} ships its own Python code (auto_map in {source.path / 'config.json'}); "
+            f"rmserve runs it only with --trust-remote-code {source.name}"
+        )
+
+
 def load_tokenizer(path: Path, *, trust_remote_code: bool = False) -> Any:
     tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
     if tokenizer.pad_token is None:

@@ -10,6 +10,7 @@ import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 
@@ -30,7 +31,14 @@ def free_ports(count: int) -> list[int]:
 
 
 @contextlib.contextmanager
-def running_server(
+def running_server(args: list[str], *, store: Path, **options: Any) -> Iterator[str]:
+    """Yield the base URL of a server started with `rmserve serve ARGS`; stop it afterwards."""
+    with server_process(args, store=store, **options) as (url, _):
+        yield url
+
+
+@contextlib.contextmanager
+def server_process(
     args: list[str],
     *,
     store: Path,
@@ -38,8 +46,9 @@ def running_server(
     env: dict[str, str] | None = None,
     log_file: Path | None = None,
     grpc_port: int = 0,
-) -> Iterator[str]:
-    """Yield the base URL of a server started with `rmserve serve ARGS`; stop it afterwards.
+    probe_headers: dict[str, str] | None = None,
+) -> Iterator[tuple[str, subprocess.Popen[str]]]:
+    """Yield the base URL and the process of `rmserve serve ARGS`; stop it afterwards.
     Its output goes to `log_file` at info level if given (else to a pipe, warnings only). gRPC
     is off unless a `grpc_port` is given."""
     port = next(p for p in free_ports(2) if p != grpc_port)
@@ -54,8 +63,8 @@ def running_server(
         )
         url = f"http://127.0.0.1:{port}"
         try:
-            _wait(process, url, "/readyz" if wait_ready else "/healthz")
-            yield url
+            _wait(process, url + ("/readyz" if wait_ready else "/healthz"), probe_headers or {})
+            yield url, process
         finally:
             process.terminate()
             try:
@@ -65,15 +74,15 @@ def running_server(
                 process.wait()
 
 
-def _wait(process: subprocess.Popen[str], url: str, path: str) -> None:
+def _wait(process: subprocess.Popen[str], probe: str, headers: dict[str, str]) -> None:
     deadline = time.monotonic() + STARTUP_TIMEOUT_S
     while time.monotonic() < deadline:
         if process.poll() is not None:
             output = process.stdout.read() if process.stdout else "(see its log file)"
             raise RuntimeError(f"server exited with {process.returncode}:\n{output}")
         with contextlib.suppress(httpx.TransportError):
-            if httpx.get(url + path, timeout=2).status_code == 200:
+            if httpx.get(probe, headers=headers, timeout=2).status_code == 200:
                 return
         time.sleep(0.2)
     process.kill()
-    raise TimeoutError(f"server did not answer {path} within {STARTUP_TIMEOUT_S}s")
+    raise TimeoutError(f"server did not answer {probe} within {STARTUP_TIMEOUT_S}s")
