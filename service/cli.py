@@ -20,6 +20,7 @@ def _store_root(arg: Path | None) -> Path:
 
 def _serve(argv: list[str]) -> int:
     import uvicorn
+    from transformers.utils import logging as hf_logging
 
     from model_store.demo.build import build_demo
     from service.app import create_app, locate_models
@@ -29,6 +30,8 @@ def _serve(argv: list[str]) -> int:
 
     settings = Settings(_cli_parse_args=argv)
     configure_logging(settings.log_level, settings.log_format)
+    # A server's log is lines (JSON by default); progress bars would only break them.
+    hf_logging.disable_progress_bar()
     if not settings.model:
         build_demo(ModelStore(settings.store))
     app = create_app(settings, locate_models(settings))
