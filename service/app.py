@@ -28,6 +28,7 @@ from service.items import PromptResponse
 from service.loading import ModelSource, load_tokenizer, locate_model, refuse_custom_code
 from service.metrics import Metrics
 from service.registry import ModelRegistry, ServedModel
+from service.result_cache import RewardCache
 from service.scoring import Scorer, ScoringLimits
 from service.settings import DEFAULT_MODEL, Settings
 
@@ -65,6 +66,7 @@ def load_backend(source: ModelSource, settings: Settings, pad_token_id: int) -> 
         return TorchBackend.load(
             source.path, pad_token_id=pad_token_id, device=settings.device, dtype=settings.dtype,
             trust_remote_code=source.name in settings.trust_remote_code,
+            prefix_sharing=settings.prefix_sharing,
         )
     # --dtype is for torch only (Settings refuses it with --backend onnx): an export has its own.
     return OnnxBackend.load(
@@ -122,7 +124,7 @@ class ModelLoader:
             backend.score, executor, batch_limits(settings, device),
             max_wait_s=settings.max_wait_ms / 1000, max_queue_items=settings.max_queue_items,
             max_queue_tokens=settings.max_queue_tokens, workers=settings.forward_workers,
-            observer=model_metrics,
+            priority_aging_s=settings.priority_aging_ms / 1000, observer=model_metrics,
         )
         batcher.start()
         self._registry.add(ServedModel(
@@ -159,7 +161,8 @@ def create_app(settings: Settings, sources: list[ModelSource] | None = None) -> 
         max_inputs_per_request=settings.max_inputs_per_request,
         max_chars_per_field=settings.max_chars_per_field,
         reject_too_long=settings.too_long == "reject",
-    ))
+        min_shared_prefix_tokens=settings.min_shared_prefix_tokens if settings.prefix_sharing else None,
+    ), RewardCache(int(settings.result_cache_mb * 2**20)) if settings.result_cache_mb else None)
     keys = ApiKeys(settings.all_api_keys())
     grpc_servers: list[GrpcServer] = []
 

@@ -31,3 +31,11 @@ class TooLargeError(ScoringError):
 
 class InternalScoringError(ScoringError):
     """The model produced something that must not be returned (NaN, inf); details are in the log."""
+
+
+class DeadlineExceededError(ScoringError):
+    """The request's deadline passed before its items were computed; they were dropped."""
+
+
+class ClientGoneError(ScoringError):
+    """The client disconnected before the answer; its queued items were dropped."""

@@ -74,6 +74,23 @@ class Metrics:
             "rmserve_padding_ratio", "Share of padded tokens in a forward pass",
             ["model", "version"], buckets=_RATIO_BUCKETS, registry=r,
         )
+        self.dropped_items = Counter(
+            "rmserve_dropped_items", "Queued items dropped uncomputed: deadline passed, client gone",
+            ["model", "version", "reason"], registry=r,
+        )
+        self.shared_prefix_tokens = Counter(
+            "rmserve_shared_prefix_tokens",
+            "Prompt tokens computed once for a group of items instead of once per item",
+            ["model", "version"], registry=r,
+        )
+        self.cache_hits = Counter(
+            "rmserve_cache_hits", "Items answered from the result cache", ["model", "version"], registry=r
+        )
+        self.cache_misses = Counter(
+            "rmserve_cache_misses", "Items looked up in the result cache and computed",
+            ["model", "version"], registry=r,
+        )
+        self.cache_bytes = Gauge("rmserve_cache_bytes", "Size of the result cache", registry=r)
         self.queue_depth = Gauge(
             "rmserve_queue_depth", "Items waiting for a forward pass", ["model", "version"],
             registry=r,
@@ -118,6 +135,15 @@ class ModelMetrics:
         self._queue_depth = metrics.queue_depth.labels(**labels)
         self.items = metrics.items.labels(**labels)
         self.tokens = metrics.tokens.labels(**labels)
+        self.shared_prefix_tokens = metrics.shared_prefix_tokens.labels(**labels)
+        self.cache_hits = metrics.cache_hits.labels(**labels)
+        self.cache_misses = metrics.cache_misses.labels(**labels)
+        self.cache_bytes = metrics.cache_bytes
+        self._dropped = metrics.dropped_items
+        self._labels = labels
+
+    def dropped(self, reason: str, count: int) -> None:
+        self._dropped.labels(**self._labels, reason=reason).inc(count)
 
     def on_batch(self, report: BatchReport) -> None:
         for wait in report.queue_waits_s:

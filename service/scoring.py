@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 from service.batching.batcher import BatcherClosedError, QueueFullError, TooBigForQueueError
 from service.errors import (
+    DeadlineExceededError,
     InternalScoringError,
     InvalidInputError,
     NotReadyError,
@@ -21,8 +22,10 @@ from service.errors import (
 )
 from service.formatting import FormattedItem
 from service.items import Conversation, Message, PromptResponse, ScoreInput
-from service.registry import ModelRegistry
+from service.prefix_sharing import share_prefixes
+from service.registry import ModelRegistry, ServedModel
 from service.request_record import RequestRecord
+from service.result_cache import RewardCache, cache_key
 
 logger = logging.getLogger("rmserve")
 
@@ -32,6 +35,20 @@ class ScoringLimits:
     max_inputs_per_request: int = 1024
     max_chars_per_field: int = 100_000
     reject_too_long: bool = False  # else truncate
+    min_shared_prefix_tokens: int | None = 32  # None: never share prompts
+
+
+# Interactive best-of-n goes ahead of bulk scoring unless a request says otherwise.
+SCORE_PRIORITY, RANK_PRIORITY = 0, 10
+
+
+@dataclass(frozen=True)
+class ScoreOptions:
+    """How one request wants to be served: `priority` (higher sooner; None: the endpoint's
+    default) and `timeout_s` (answered 504, its items dropped, if not computed by then)."""
+
+    priority: int | None = None
+    timeout_s: float | None = None
 
 
 @dataclass(frozen=True)
@@ -56,19 +73,27 @@ class RankResult:
 class Scorer:
     """Scores items with a named model; knows nothing of HTTP or gRPC."""
 
-    def __init__(self, registry: ModelRegistry, limits: ScoringLimits) -> None:
+    def __init__(
+        self, registry: ModelRegistry, limits: ScoringLimits, cache: RewardCache | None = None
+    ) -> None:
         self._registry = registry
         self.limits = limits
+        self._cache = cache
 
     @property
     def max_inputs_per_request(self) -> int:
         return self.limits.max_inputs_per_request
 
     async def score(
-        self, items: Sequence[ScoreInput], model: str | None = None, record: RequestRecord | None = None
+        self,
+        items: Sequence[ScoreInput],
+        model: str | None = None,
+        record: RequestRecord | None = None,
+        options: ScoreOptions = ScoreOptions(),
     ) -> ScoreResult:
         """`record`, if given, learns the model, the counts and where the time went."""
         record = record or RequestRecord("", "")
+        deadline = asyncio.get_running_loop().time() + options.timeout_s if options.timeout_s else None
         if not items:
             raise InvalidInputError("inputs must hold at least one item")
         if len(items) > self.max_inputs_per_request:
@@ -88,28 +113,27 @@ class Scorer:
             )
         if self.limits.reject_too_long:
             _check_lengths(formatted, served.max_length)
-        try:
-            futures = served.batcher.submit([f.pair for f in formatted], record.timing)
-        except QueueFullError as exc:
-            raise OverloadedError(str(exc)) from exc
-        except TooBigForQueueError as exc:
-            raise TooLargeError(str(exc)) from exc
-        except BatcherClosedError as exc:
-            raise NotReadyError(str(exc)) from exc
-        try:
-            rewards = list(await asyncio.gather(*futures))
-        except BaseException as exc:
-            for future in futures:  # the caller is gone, or the batch failed: nothing more to run
-                future.cancel()
-            if isinstance(exc, Exception):  # the forward pass failed (e.g. out of memory)
-                error_id = uuid.uuid4().hex[:12]
-                logger.exception("forward pass failed", extra={"error_id": error_id, "model": served.name})
-                raise InternalScoringError(
-                    f"the forward pass failed (error id {error_id}); see the server log"
-                ) from exc
-            raise
-        if not all(math.isfinite(r) for r in rewards):
+        rewards: list[float | None] = [None] * len(items)
+        keys: list[bytes] = []
+        if self._cache is not None:
+            keys = [cache_key(served.name, served.version, f.pair) for f in formatted]
+            rewards = [self._cache.get(key) for key in keys]
+        todo = [i for i, reward in enumerate(rewards) if reward is None]
+        if self._cache is not None:
+            served.metrics.cache_hits.inc(len(items) - len(todo))
+            served.metrics.cache_misses.inc(len(todo))
+        if todo:
+            computed = await self._compute(
+                served, [items[i] for i in todo], [formatted[i] for i in todo], record, options, deadline
+            )
+            for i, reward in zip(todo, computed, strict=True):
+                rewards[i] = reward
+        if not all(r is not None and math.isfinite(r) for r in rewards):
             raise _non_finite(served.name, formatted, rewards)
+        if self._cache is not None:
+            for i in todo:
+                self._cache.put(keys[i], rewards[i])
+            served.metrics.cache_bytes.set(self._cache.bytes)
         tokens = sum(len(f.pair) for f in formatted)
         record.items, record.tokens = len(items), tokens
         served.metrics.items.inc(len(items))
@@ -117,10 +141,58 @@ class Scorer:
         return ScoreResult(
             model=served.name,
             version=served.version,
-            rewards=rewards,
+            rewards=[r for r in rewards if r is not None],
             truncated=[f.truncated for f in formatted],
             tokens=tokens,
         )
+
+    async def _compute(
+        self,
+        served: ServedModel,
+        items: Sequence[ScoreInput],
+        formatted: Sequence[FormattedItem],
+        record: RequestRecord,
+        options: ScoreOptions,
+        deadline: float | None,
+    ) -> list[float]:
+        """Queue the items (prompts shared where the backend can) and wait for their rewards."""
+        pairs = [f.pair for f in formatted]
+        if served.backend.shares_prefixes and self.limits.min_shared_prefix_tokens is not None:
+            pairs, shared = share_prefixes(items, pairs, self.limits.min_shared_prefix_tokens)
+            served.metrics.shared_prefix_tokens.inc(shared)
+        priority = SCORE_PRIORITY if options.priority is None else options.priority
+        try:
+            futures = served.batcher.submit(pairs, record.timing, priority)
+        except QueueFullError as exc:
+            raise OverloadedError(str(exc)) from exc
+        except TooBigForQueueError as exc:
+            raise TooLargeError(str(exc)) from exc
+        except BatcherClosedError as exc:
+            raise NotReadyError(str(exc)) from exc
+        try:
+            async with asyncio.timeout_at(deadline):
+                return list(await asyncio.gather(*futures))
+        except BaseException as exc:
+            # Out of time, the caller gone, or the batch failed: what is still queued is dropped.
+            for future in futures:
+                future.cancel()
+            dropped = sum(future.cancelled() for future in futures)
+            if isinstance(exc, TimeoutError):
+                served.metrics.dropped("deadline", dropped)
+                raise DeadlineExceededError(
+                    f"timeout_ms passed before the items were computed ({dropped} of {len(futures)} "
+                    "dropped): allow more time or retry when the server is less busy"
+                ) from None
+            if isinstance(exc, asyncio.CancelledError):
+                served.metrics.dropped("disconnected", dropped)
+                raise
+            if isinstance(exc, Exception):  # the forward pass failed (e.g. out of memory)
+                error_id = uuid.uuid4().hex[:12]
+                logger.exception("forward pass failed", extra={"error_id": error_id, "model": served.name})
+                raise InternalScoringError(
+                    f"the forward pass failed (error id {error_id}); see the server log"
+                ) from exc
+            raise
 
     async def rank(
         self,
@@ -130,12 +202,15 @@ class Scorer:
         model: str | None = None,
         top_k: int | None = None,
         record: RequestRecord | None = None,
+        options: ScoreOptions = ScoreOptions(),
     ) -> RankResult:
         """Best-of-n: score each response after the same conversation, best first."""
         if not responses:
             raise InvalidInputError("responses must hold at least one candidate")
         items = [_candidate(conversation, response) for response in responses]
-        result = await self.score(items, model, record)
+        if options.priority is None:
+            options = ScoreOptions(RANK_PRIORITY, options.timeout_s)
+        result = await self.score(items, model, record, options)
         ranking = sorted(range(len(responses)), key=lambda i: -result.rewards[i])
         return RankResult(result, ranking[:top_k] if top_k else ranking)
 

@@ -57,6 +57,20 @@ class Settings(BaseSettings):
     max_queue_tokens: int = Field(
         262144, ge=1, description="queued tokens per model beyond this: 429 (bounds the wait too)"
     )
+    priority_aging_ms: float = Field(
+        1000.0, gt=0, description="a queued item gains one priority level per this much waiting, so "
+        "bulk work (/v1/score, priority 0) is not starved by interactive best-of-n (/v1/rank, 10)"
+    )
+    prefix_sharing: bool = Field(
+        True, description="compute a prompt shared by a request's items once, the responses as its "
+        "continuations (decoder models under PyTorch; exact)"
+    )
+    min_shared_prefix_tokens: int = Field(
+        32, ge=1, description="shorter shared prompts are computed with each item, as usual"
+    )
+    result_cache_mb: float = Field(
+        0.0, ge=0, description="LRU cache of rewards by exact token ids, in MiB; 0 = off"
+    )
     max_inputs_per_request: int = Field(1024, ge=1, description="inputs per request beyond this: 413")
     max_body_bytes: int = Field(8 * 1024 * 1024, ge=1024, description="request body limit: 413")
     max_chars_per_field: int = Field(

@@ -9,13 +9,24 @@ from typing import Protocol
 
 @dataclass(frozen=True, slots=True)
 class EncodedPair:
-    """One tokenised input, ready for the model (no padding)."""
+    """One tokenised input, ready for the model (no padding).
+
+    `shared_prefix` > 0 says the first that many tokens are the same in other rows of its request
+    (the rendered prompt of best-of-n candidates): a backend that can may compute them once and
+    the rest as a continuation. Backends that cannot just read the whole row.
+    """
 
     input_ids: tuple[int, ...]
     token_type_ids: tuple[int, ...] | None = None
+    shared_prefix: int = 0
 
     def __len__(self) -> int:
         return len(self.input_ids)
+
+    @property
+    def own_length(self) -> int:
+        """Tokens this row costs beyond its shared prefix: what batching budgets for."""
+        return len(self.input_ids) - self.shared_prefix
 
 
 @dataclass(frozen=True)
@@ -25,6 +36,7 @@ class BackendInfo:
     backend: str
     device: str
     dtype: str
+    shares_prefixes: bool = False  # computes a shared prefix once (decoders under PyTorch)
 
 
 class Backend(Protocol):

@@ -38,14 +38,19 @@ class TorchBackend:
     token that also occurs in the text (pad == eos) cannot move the read-out.
     """
 
-    def __init__(self, model: torch.nn.Module, *, pad_token_id: int, device: torch.device) -> None:
+    def __init__(
+        self, model: torch.nn.Module, *, pad_token_id: int, device: torch.device, prefix_sharing: bool = True
+    ) -> None:
         self._model = model
         self._pad_token_id = pad_token_id
         self._device = device
         # Decoder heads (GPT-2, Llama, Qwen, Mistral...) are a `score` layer over a base model.
         self._last_token_head: torch.nn.Module | None = getattr(model, "score", None)
         dtype = next(model.parameters()).dtype
-        self.info = BackendInfo("torch", str(device), str(dtype).removeprefix("torch."))
+        self.info = BackendInfo(
+            "torch", str(device), str(dtype).removeprefix("torch."),
+            shares_prefixes=self._last_token_head is not None and prefix_sharing,
+        )
 
     @classmethod
     def load(
@@ -56,6 +61,7 @@ class TorchBackend:
         device: str = "auto",
         dtype: str = "auto",
         trust_remote_code: bool = False,
+        prefix_sharing: bool = True,
     ) -> TorchBackend:
         torch_device = resolve_device(device)
         if torch_device.type == "cuda":
@@ -75,9 +81,56 @@ class TorchBackend:
                 f"{folder} has {model.config.num_labels} labels; a reward model has one scalar head"
             )
         model.config.pad_token_id = pad_token_id
-        return cls(model.to(torch_device).eval(), pad_token_id=pad_token_id, device=torch_device)
+        return cls(model.to(torch_device).eval(), pad_token_id=pad_token_id, device=torch_device,
+                   prefix_sharing=prefix_sharing)
 
     def score(self, batch: Sequence[EncodedPair]) -> list[float]:
+        if not self.info.shares_prefixes or not any(row.shared_prefix for row in batch):
+            return self._score_rows(batch)
+        # Rows that share a prefix are computed as continuations of it, one group at a time;
+        # the others (and a group's lone row, which would gain nothing) in one ordinary pass.
+        groups: dict[tuple[int, ...], list[int]] = {}
+        for index, row in enumerate(batch):
+            groups.setdefault(row.input_ids[: row.shared_prefix], []).append(index)
+        alone = [i for prefix, rows in groups.items() if not prefix or len(rows) == 1 for i in rows]
+        rewards = [0.0] * len(batch)
+        if alone:
+            for index, reward in zip(alone, self._score_rows([batch[i] for i in alone]), strict=True):
+                rewards[index] = reward
+        for prefix, rows in groups.items():
+            if prefix and len(rows) > 1:
+                computed = self._score_after_prefix(prefix, [batch[i] for i in rows])
+                for index, reward in zip(rows, computed, strict=True):
+                    rewards[index] = reward
+        return rewards
+
+    def _score_after_prefix(self, prefix: tuple[int, ...], rows: Sequence[EncodedPair]) -> list[float]:
+        """The prefix once (its keys and values cached), then every row's own tokens after it:
+        the same attention, positions and read-out as the full rows, a fraction of the work."""
+        shared = len(prefix)
+        padded = PaddedBatch.of([EncodedPair(row.input_ids[shared:]) for row in rows], self._pad_token_id)
+        n, width = padded.input_ids.shape
+        device = self._device
+        base = getattr(self._model, self._model.base_model_prefix)
+        with torch.inference_mode():
+            cache = base(
+                input_ids=torch.tensor([prefix], device=device), use_cache=True
+            ).past_key_values
+            cache.batch_repeat_interleave(n)
+            mask = torch.from_numpy(padded.attention_mask).to(device)
+            hidden = base(
+                input_ids=torch.from_numpy(padded.input_ids).to(device),
+                attention_mask=torch.cat([mask.new_ones(n, shared), mask], dim=1),
+                position_ids=torch.arange(shared, shared + width, device=device).expand(n, width),
+                past_key_values=cache,
+                use_cache=True,
+            ).last_hidden_state
+            lengths = torch.from_numpy(padded.lengths).to(device)
+            last = hidden[torch.arange(n, device=device), lengths - 1]
+            rewards = self._last_token_head(last)[:, 0]
+        return rewards.float().cpu().tolist()
+
+    def _score_rows(self, batch: Sequence[EncodedPair]) -> list[float]:
         padded = PaddedBatch.of(batch, self._pad_token_id)
         arrays = {"input_ids": padded.input_ids, "attention_mask": padded.attention_mask}
         if padded.token_type_ids is not None:

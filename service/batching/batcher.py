@@ -58,6 +58,7 @@ class _Pending:
     pair: EncodedPair
     future: asyncio.Future[float]
     timing: RequestTiming | None = None
+    priority: int = 0
     enqueued_s: float = field(default_factory=time.monotonic)
 
 
@@ -67,6 +68,9 @@ class Batcher:
     The forward pass runs on worker threads, so the event loop keeps accepting requests
     while the model computes; a batch is formed only when a worker is free, which lets the
     queue grow and batches fill under load. `workers` batches may be in flight at once.
+
+    Higher priority goes first: each batch is built around the item with the highest priority
+    plus one per `priority_aging_s` waited (so nothing starves), from items of its priority.
     """
 
     def __init__(
@@ -79,6 +83,7 @@ class Batcher:
         max_queue_items: int,
         max_queue_tokens: int | None = None,
         workers: int = 1,
+        priority_aging_s: float = 1.0,
         observer: BatchObserver | None = None,
     ) -> None:
         self._score_batch = score_batch
@@ -87,6 +92,7 @@ class Batcher:
         self._max_wait_s = max_wait_s
         self._max_queue_items = max_queue_items
         self._max_queue_tokens = max_queue_tokens
+        self._priority_aging_s = priority_aging_s
         self._queued_tokens = 0
         self._observer = observer
         self._pending: list[_Pending] = []
@@ -111,13 +117,13 @@ class Batcher:
             await self._task
 
     def submit(
-        self, pairs: Sequence[EncodedPair], timing: RequestTiming | None = None
+        self, pairs: Sequence[EncodedPair], timing: RequestTiming | None = None, priority: int = 0
     ) -> list[asyncio.Future[float]]:
         """Queue all of a request's items or none of them; one future per item. `timing`, if
-        given, is filled in as the items are computed."""
+        given, is filled in as the items are computed. A cancelled future's item is dropped."""
         if self._closed:
             raise BatcherClosedError("the server is shutting down")
-        tokens = sum(len(pair) for pair in pairs)
+        tokens = sum(pair.own_length for pair in pairs)
         token_limit = self._max_queue_tokens or math.inf
         if len(pairs) > self._max_queue_items or tokens > token_limit:
             raise TooBigForQueueError(
@@ -131,7 +137,7 @@ class Batcher:
                 "retry shortly"
             )
         loop = asyncio.get_running_loop()
-        items = [_Pending(pair, loop.create_future(), timing) for pair in pairs]
+        items = [_Pending(pair, loop.create_future(), timing, priority) for pair in pairs]
         self._pending.extend(items)
         self._queued_tokens += tokens
         self._notify_depth()
@@ -177,7 +183,7 @@ class Batcher:
         limits = self.limits
         if len(self._pending) >= limits.max_pairs:
             return True
-        return sum(len(p.pair) for p in self._pending) >= limits.max_tokens
+        return sum(p.pair.own_length for p in self._pending) >= limits.max_tokens
 
     def _take_batch(self) -> list[_Pending]:
         # Items whose caller went away are dropped before they cost a forward pass.
@@ -185,11 +191,14 @@ class Batcher:
         if not self._pending:
             self._queued_tokens = 0
             return []
-        chosen = select_batch([len(p.pair) for p in self._pending], 0, self.limits)
-        chosen_set = set(chosen)
-        batch = [self._pending[i] for i in chosen]
-        self._pending = [p for i, p in enumerate(self._pending) if i not in chosen_set]
-        self._queued_tokens = sum(len(p.pair) for p in self._pending)
+        now = time.monotonic()
+        anchor = max(self._pending, key=lambda p: p.priority + (now - p.enqueued_s) / self._priority_aging_s)
+        peers = [p for p in self._pending if p.priority == anchor.priority]
+        chosen = select_batch([p.pair.own_length for p in peers], peers.index(anchor), self.limits)
+        batch = [peers[i] for i in chosen]
+        taken = {id(p) for p in batch}
+        self._pending = [p for p in self._pending if id(p) not in taken]
+        self._queued_tokens = sum(p.pair.own_length for p in self._pending)
         self._notify_depth()
         return batch
 
@@ -217,7 +226,7 @@ class Batcher:
             if not item.future.done():
                 item.future.set_result(reward)
         if self._observer is not None:
-            lengths = [len(p) for p in pairs]
+            lengths = [p.own_length for p in pairs]
             self._observer.on_batch(
                 BatchReport(
                     size=len(batch),

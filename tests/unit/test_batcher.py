@@ -161,3 +161,71 @@ def test_request_timing_holds_the_longest_wait_and_every_forward_pass_that_carri
     assert 0.1 <= split.compute_s < 2.0  # both passes (the bound only guards against nonsense)
     assert 0.05 <= alone.compute_s < split.compute_s  # only the second
     assert alone.queue_s >= 0.05  # waited for the first pass
+
+
+class GatedBackend(FakeBackend):
+    """Holds its first forward pass until released, so a backlog can pile up behind it; records
+    which items each pass computed."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.gate = threading.Event()
+        self.computed: list[tuple[int, ...]] = []
+
+    def score(self, batch):
+        self.gate.wait(timeout=10)
+        self.computed.extend(p.input_ids for p in batch)
+        return super().score(batch)
+
+
+async def _gated(body, *, aging_s: float = 60.0):
+    backend = GatedBackend()
+    with ThreadPoolExecutor(1) as executor:
+        batcher = Batcher(backend.score, executor, BatchLimits(4, 4096), max_wait_s=0,
+                          max_queue_items=10_000, priority_aging_s=aging_s)
+        batcher.start()
+        try:
+            return await body(batcher, backend)
+        finally:
+            backend.gate.set()
+            await batcher.stop()
+
+
+def test_a_high_priority_request_behind_a_large_backlog_finishes_first() -> None:
+    async def body(batcher, backend):
+        finished: list[str] = []
+
+        async def request(name: str, items, priority: int) -> None:
+            await asyncio.gather(*batcher.submit(items, priority=priority))
+            finished.append(name)
+
+        blocker = asyncio.create_task(request("blocker", [pair(0)], 0))
+        await asyncio.sleep(0.05)  # the blocker's pass has started and holds the worker
+        backlog = [asyncio.create_task(request(f"bulk-{r}", [pair(1, r, i) for i in range(8)], 0))
+                   for r in range(50)]
+        await asyncio.sleep(0.05)
+        urgent = asyncio.create_task(request("urgent", [pair(2, i) for i in range(4)], 10))
+        await asyncio.sleep(0.05)
+        backend.gate.set()
+        await asyncio.gather(blocker, urgent, *backlog)
+        return finished, backend.computed
+
+    finished, computed = asyncio.run(_gated(body))
+    assert finished[:2] == ["blocker", "urgent"], finished[:5]
+    assert computed[1:5] == [(2, i) for i in range(4)]  # the very next pass, all four items
+    assert len(finished) == 52
+
+
+def test_waiting_raises_priority_so_bulk_work_is_not_starved() -> None:
+    async def body(batcher, backend):
+        blocker = batcher.submit([pair(0)])
+        await asyncio.sleep(0.05)
+        old = batcher.submit([pair(1)], priority=0)
+        await asyncio.sleep(0.3)  # three aging periods: effective priority 3
+        newer = batcher.submit([pair(2)], priority=2)
+        backend.gate.set()
+        await asyncio.gather(*blocker, *old, *newer)
+        return backend.computed
+
+    computed = asyncio.run(_gated(body, aging_s=0.1))
+    assert computed == [(0,), (1,), (2,)]

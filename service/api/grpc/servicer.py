@@ -14,6 +14,7 @@ import grpc
 from service.api.grpc import rmserve_pb2 as pb
 from service.api.grpc import rmserve_pb2_grpc
 from service.errors import (
+    DeadlineExceededError,
     InternalScoringError,
     InvalidInputError,
     NotReadyError,
@@ -27,11 +28,11 @@ from service.items import Conversation, Message, PromptResponse, RawText, ScoreI
 from service.metrics import Metrics
 from service.registry import ModelRegistry
 from service.request_record import RequestRecord, request_id_from
-from service.scoring import Scorer, ScoreResult
+from service.scoring import ScoreOptions, Scorer, ScoreResult
 
 logger = logging.getLogger("rmserve.grpc")
 
-# The same errors as over HTTP (422, 413, 413, 404, 503, 429, 500), in gRPC's words.
+# The same errors as over HTTP (422, 413, 413, 404, 503, 429, 500, 504), in gRPC's words.
 _STATUS: dict[type[ScoringError], tuple[grpc.StatusCode, str]] = {
     InvalidInputError: (grpc.StatusCode.INVALID_ARGUMENT, "invalid_input"),
     TooManyInputsError: (grpc.StatusCode.INVALID_ARGUMENT, "too_many_inputs"),
@@ -40,11 +41,17 @@ _STATUS: dict[type[ScoringError], tuple[grpc.StatusCode, str]] = {
     NotReadyError: (grpc.StatusCode.UNAVAILABLE, "not_ready"),
     OverloadedError: (grpc.StatusCode.RESOURCE_EXHAUSTED, "overloaded"),
     InternalScoringError: (grpc.StatusCode.INTERNAL, "internal"),
+    DeadlineExceededError: (grpc.StatusCode.DEADLINE_EXCEEDED, "deadline_exceeded"),
 }
 
 Reply = TypeVar("Reply")
 # Chunks of one ScoreStream in the queue at once: enough to keep the batcher busy between them.
 _STREAM_CHUNKS_IN_FLIGHT = 2
+
+
+def _options(context: grpc.aio.ServicerContext) -> ScoreOptions:
+    """The call's deadline, if it has one, bounds its wait in the queue as timeout_ms does."""
+    return ScoreOptions(timeout_s=context.time_remaining())
 
 
 def to_items(request: pb.ScoreRequest) -> list[ScoreInput]:
@@ -95,7 +102,7 @@ class RewardServicer(rmserve_pb2_grpc.RewardServiceServicer):
         return pb.ListModelsResponse(models=cards, max_inputs_per_request=self._scorer.max_inputs_per_request)
 
     async def Score(self, request: pb.ScoreRequest, context: grpc.aio.ServicerContext) -> pb.ScoreResponse:
-        return await self._unary(context, self._run("Score", context, self._scoring(request)))
+        return await self._unary(context, self._run("Score", context, self._scoring(request, context)))
 
     async def Rank(self, request: pb.RankRequest, context: grpc.aio.ServicerContext) -> pb.RankResponse:
         async def rank(record: RequestRecord) -> pb.RankResponse:
@@ -107,7 +114,7 @@ class RewardServicer(rmserve_pb2_grpc.RewardServiceServicer):
             )
             result = await self._scorer.rank(
                 conversation, list(request.responses), model=request.model or None,
-                top_k=request.top_k or None, record=record,
+                top_k=request.top_k or None, record=record, options=_options(context),
             )
             return pb.RankResponse(
                 model=result.score.model, version=result.score.version, rewards=result.score.rewards,
@@ -129,7 +136,7 @@ class RewardServicer(rmserve_pb2_grpc.RewardServiceServicer):
             try:
                 async for request in requests:
                     await room.acquire()
-                    call = self._run("ScoreStream", context, self._scoring(request))
+                    call = self._run("ScoreStream", context, self._scoring(request, context))
                     pending.put_nowait(asyncio.create_task(call))
             finally:
                 pending.put_nowait(None)
@@ -150,9 +157,14 @@ class RewardServicer(rmserve_pb2_grpc.RewardServiceServicer):
                 if (task := pending.get_nowait()) is not None:
                     task.cancel()
 
-    def _scoring(self, request: pb.ScoreRequest) -> Callable[[RequestRecord], Awaitable[pb.ScoreResponse]]:
+    def _scoring(
+        self, request: pb.ScoreRequest, context: grpc.aio.ServicerContext
+    ) -> Callable[[RequestRecord], Awaitable[pb.ScoreResponse]]:
         async def score(record: RequestRecord) -> pb.ScoreResponse:
-            return _score_reply(await self._scorer.score(to_items(request), request.model or None, record))
+            result = await self._scorer.score(
+                to_items(request), request.model or None, record, _options(context)
+            )
+            return _score_reply(result)
 
         return score
 

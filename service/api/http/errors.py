@@ -11,6 +11,8 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException
 
 from service.errors import (
+    ClientGoneError,
+    DeadlineExceededError,
     InternalScoringError,
     InvalidInputError,
     NotReadyError,
@@ -32,6 +34,9 @@ _STATUS: dict[type[ScoringError], tuple[int, str]] = {
     NotReadyError: (503, "not_ready"),
     OverloadedError: (429, "overloaded"),
     InternalScoringError: (500, "internal"),
+    DeadlineExceededError: (504, "deadline_exceeded"),
+    # Nobody reads it; the status is for the metrics and the log (nginx's "client closed request").
+    ClientGoneError: (499, "client_closed"),
 }
 
 

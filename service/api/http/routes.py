@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+import asyncio
+from collections.abc import Awaitable
+from typing import Annotated, TypeVar
 
 from fastapi import APIRouter, Depends, Request, Response
 from fastapi.responses import JSONResponse
@@ -20,6 +22,7 @@ from service.api.http.schemas import (
     ScoreResponse,
     Usage,
 )
+from service.errors import ClientGoneError
 from service.metrics import Metrics
 from service.registry import ModelRegistry
 from service.request_record import RequestRecord
@@ -31,6 +34,7 @@ _ERRORS = {
     code: {"model": ErrorResponse, "description": text}
     for code, text in {
         401: "missing or invalid API key", 404: "unknown model",
+        504: "timeout_ms passed before the items were computed",
         413: "too many inputs, or a field, item or body too large", 422: "invalid request",
         429: "queue full: retry after Retry-After seconds", 500: "internal error (with an error id)",
         503: "not ready or shutting down (see Retry-After)",
@@ -55,14 +59,41 @@ def get_record(request: Request) -> RequestRecord:
     return request.state.record
 
 
+T = TypeVar("T")
+
+
+async def unless_client_leaves(request: Request, work: Awaitable[T]) -> T:
+    """Await `work`, cancelled if the client disconnects first: its queued items are then
+    dropped instead of computed for nobody."""
+    task = asyncio.ensure_future(work)
+
+    async def watch() -> None:
+        # The body has been read, so the next message can only be the disconnect.
+        while (await request.receive())["type"] != "http.disconnect":
+            pass
+        task.cancel()
+
+    watcher = asyncio.create_task(watch())
+    try:
+        return await task
+    except asyncio.CancelledError:
+        if not watcher.done() or watcher.cancelled():
+            raise  # the server is cancelling this request, not the client
+        raise ClientGoneError("the client disconnected before the answer") from None
+    finally:
+        watcher.cancel()
+
+
 @router.post("/v1/score", response_model=ScoreResponse, responses=_ERRORS)
 async def score(
+    request: Request,
     body: ScoreRequest,
     scorer: Annotated[Scorer, Depends(get_scorer)],
     record: Annotated[RequestRecord, Depends(get_record)],
 ) -> ScoreResponse:
     """Score each (prompt, response), conversation or pre-formatted text; rewards in input order."""
-    result = await scorer.score(body.items(), body.model, record)
+    work = scorer.score(body.items(), body.model, record, body.options())
+    result = await unless_client_leaves(request, work)
     return ScoreResponse(
         model=result.model,
         version=result.version,
@@ -74,14 +105,16 @@ async def score(
 
 @router.post("/v1/rank", response_model=RankResponse, responses=_ERRORS)
 async def rank(
+    request: Request,
     body: RankRequest,
     scorer: Annotated[Scorer, Depends(get_scorer)],
     record: Annotated[RequestRecord, Depends(get_record)],
 ) -> RankResponse:
     """Best-of-n: rank candidate responses to one prompt or conversation, best first."""
-    result = await scorer.rank(
-        body.conversation(), body.responses, model=body.model, top_k=body.top_k, record=record
-    )
+    result = await unless_client_leaves(request, scorer.rank(
+        body.conversation(), body.responses, model=body.model, top_k=body.top_k, record=record,
+        options=body.options(),
+    ))
     return RankResponse(
         model=result.score.model,
         version=result.score.version,
@@ -93,12 +126,13 @@ async def rank(
 
 @router.post("/get_reward", response_model=OpenRLHFRewardResponse, responses=_ERRORS)
 async def get_reward(
+    request: Request,
     body: OpenRLHFRewardRequest,
     scorer: Annotated[Scorer, Depends(get_scorer)],
     record: Annotated[RequestRecord, Depends(get_record)],
 ) -> OpenRLHFRewardResponse:
     """OpenRLHF's remote reward model: each `query` (the full formatted text) scored as is."""
-    result = await scorer.score(body.items(), body.model, record)
+    result = await unless_client_leaves(request, scorer.score(body.items(), body.model, record))
     return OpenRLHFRewardResponse(rewards=result.rewards, scores=result.rewards)
 
 

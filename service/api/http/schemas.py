@@ -7,6 +7,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from service.items import Conversation, Message, PromptResponse, RawText, ScoreInput
+from service.scoring import ScoreOptions
 
 
 class _Strict(BaseModel):
@@ -35,7 +36,21 @@ class TextIn(_Strict):
 ItemIn = PromptResponseIn | MessagesIn | TextIn
 
 
-class ScoreRequest(_Strict):
+class _Scheduling(_Strict):
+    priority: int | None = Field(
+        None, ge=-1000, le=1000,
+        description="higher is served sooner; default 0 for /v1/score, 10 for /v1/rank",
+    )
+    timeout_ms: int | None = Field(
+        None, ge=1, le=3_600_000,
+        description="answer 504 (and drop the items) if they are not computed within this time",
+    )
+
+    def options(self) -> ScoreOptions:
+        return ScoreOptions(self.priority, self.timeout_ms / 1000 if self.timeout_ms else None)
+
+
+class ScoreRequest(_Scheduling):
     inputs: list[ItemIn] = Field(min_length=1, description="items to score, in order")
     model: str | None = Field(None, description="served model name; default model when absent")
 
@@ -55,7 +70,7 @@ class ScoreResponse(BaseModel):
     usage: Usage
 
 
-class RankRequest(_Strict):
+class RankRequest(_Scheduling):
     prompt: str | None = None
     messages: list[MessageIn] | None = Field(None, min_length=1)
     responses: list[str] = Field(min_length=1, description="candidate responses to rank")

@@ -1,0 +1,48 @@
+"""A least-recently-used cache of rewards, bounded in bytes.
+
+The key is the exact token ids (and token types) a model version would see, so a hit is the
+reward that forward pass would give: trainers re-scoring the same rollouts, a chat product
+ranking the same candidates again. Used from the event loop only, so it needs no lock.
+"""
+
+from __future__ import annotations
+
+from array import array
+from collections import OrderedDict
+
+from service.backends.base import EncodedPair
+
+# Per entry beyond its key's bytes: the dict slot, the key and float objects (measured, CPython).
+_ENTRY_OVERHEAD_BYTES = 160
+
+
+def cache_key(model: str, version: str, pair: EncodedPair) -> bytes:
+    ids = array("i", pair.input_ids).tobytes()
+    types = array("b", pair.token_type_ids).tobytes() if pair.token_type_ids else b""
+    return b"\0".join((model.encode(), version.encode(), ids, types))
+
+
+class RewardCache:
+    def __init__(self, max_bytes: int) -> None:
+        self.max_bytes = max_bytes
+        self.bytes = 0
+        self._entries: OrderedDict[bytes, float] = OrderedDict()
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def get(self, key: bytes) -> float | None:
+        reward = self._entries.get(key)
+        if reward is not None:
+            self._entries.move_to_end(key)
+        return reward
+
+    def put(self, key: bytes, reward: float) -> None:
+        size = len(key) + _ENTRY_OVERHEAD_BYTES
+        if size > self.max_bytes or key in self._entries:
+            return
+        self._entries[key] = reward
+        self.bytes += size
+        while self.bytes > self.max_bytes:
+            old, _ = self._entries.popitem(last=False)
+            self.bytes -= len(old) + _ENTRY_OVERHEAD_BYTES
