@@ -18,9 +18,10 @@ from pathlib import Path
 import torch
 from transformers import AutoTokenizer, LlamaConfig, LlamaForSequenceClassification
 
-# hidden, layers, intermediate, heads, kv heads: Llama-3.2-1B-like and a small smoke-test size.
+# hidden, layers, intermediate, heads, kv heads: Llama-3.2-1B-like, a ~35M one for CPU benchmarks
+# (compute still dominates) and a smoke-test size.
 GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
-SIZES = {"1b": (2048, 16, 8192, 32, 8), "tiny": (256, 2, 512, 4, 2)}
+SIZES = {"1b": (2048, 16, 8192, 32, 8), "small": (384, 6, 1024, 6, 2), "tiny": (256, 2, 512, 4, 2)}
 
 
 def smollm2_tokenizer() -> object:

@@ -141,6 +141,8 @@ class ModelMetrics:
         self.cache_bytes = metrics.cache_bytes
         self._dropped = metrics.dropped_items
         self._labels = labels
+        for reason in ("deadline", "disconnected"):  # exported from the start, so rates read 0
+            self._dropped.labels(**labels, reason=reason)
 
     def dropped(self, reason: str, count: int) -> None:
         self._dropped.labels(**self._labels, reason=reason).inc(count)

@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import copy
+import threading
+from collections import OrderedDict
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import torch
 from transformers import AutoModelForSequenceClassification
@@ -11,6 +15,8 @@ from transformers import AutoModelForSequenceClassification
 from service.backends.base import BackendInfo, EncodedPair
 from service.backends.padding import PaddedBatch
 
+# Prompts whose keys and values are kept for the next batch: a few, each at most max_length tokens.
+_RECENT_PREFIXES = 8
 _DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
 
@@ -47,6 +53,8 @@ class TorchBackend:
         # Decoder heads (GPT-2, Llama, Qwen, Mistral...) are a `score` layer over a base model.
         self._last_token_head: torch.nn.Module | None = getattr(model, "score", None)
         dtype = next(model.parameters()).dtype
+        self._recent_prefixes: OrderedDict[tuple[int, ...], Any] = OrderedDict()
+        self._recent_lock = threading.Lock()  # forward workers may share this backend
         self.info = BackendInfo(
             "torch", str(device), str(dtype).removeprefix("torch."),
             shares_prefixes=self._last_token_head is not None and prefix_sharing,
@@ -88,47 +96,73 @@ class TorchBackend:
         if not self.info.shares_prefixes or not any(row.shared_prefix for row in batch):
             return self._score_rows(batch)
         # Rows that share a prefix are computed as continuations of it, one group at a time;
-        # the others (and a group's lone row, which would gain nothing) in one ordinary pass.
+        # the others in one ordinary pass, with a group's lone row unless its prefix is at hand.
         groups: dict[tuple[int, ...], list[int]] = {}
         for index, row in enumerate(batch):
             groups.setdefault(row.input_ids[: row.shared_prefix], []).append(index)
-        alone = [i for prefix, rows in groups.items() if not prefix or len(rows) == 1 for i in rows]
+        alone = [i for prefix, rows in groups.items() if not self._worth_sharing(prefix, rows) for i in rows]
         rewards = [0.0] * len(batch)
         if alone:
             for index, reward in zip(alone, self._score_rows([batch[i] for i in alone]), strict=True):
                 rewards[index] = reward
         for prefix, rows in groups.items():
-            if prefix and len(rows) > 1:
+            if self._worth_sharing(prefix, rows):
                 computed = self._score_after_prefix(prefix, [batch[i] for i in rows])
                 for index, reward in zip(rows, computed, strict=True):
                     rewards[index] = reward
         return rewards
 
+    def _worth_sharing(self, prefix: tuple[int, ...], rows: list[int]) -> bool:
+        return bool(prefix) and (len(rows) > 1 or prefix in self._recent_prefixes)
+
     def _score_after_prefix(self, prefix: tuple[int, ...], rows: Sequence[EncodedPair]) -> list[float]:
         """The prefix once (its keys and values cached), then every row's own tokens after it:
-        the same attention, positions and read-out as the full rows, a fraction of the work."""
-        shared = len(prefix)
+        the same attention, positions and read-out as the full rows, a fraction of the work.
+        Rows go in chunks of similar length, so the continuations carry little padding."""
+        base = getattr(self._model, self._model.base_model_prefix)
+        with torch.inference_mode():
+            cache = self._prefix_cache(base, prefix)
+            rewards = [0.0] * len(rows)
+            for chunk in _similar_lengths(rows):
+                computed = self._continue(base, copy.deepcopy(cache), len(prefix), [rows[i] for i in chunk])
+                for index, reward in zip(chunk, computed, strict=True):
+                    rewards[index] = reward
+        return rewards
+
+    def _prefix_cache(self, base: torch.nn.Module, prefix: tuple[int, ...]) -> Any:
+        """The prefix's keys and values, computed once: a big group's rows may come in more than
+        one batch, and the same prompt back in the next request (not to be modified)."""
+        with self._recent_lock:
+            cache = self._recent_prefixes.get(prefix)
+            if cache is not None:
+                self._recent_prefixes.move_to_end(prefix)
+                return cache
+        cache = base(input_ids=torch.tensor([prefix], device=self._device), use_cache=True).past_key_values
+        with self._recent_lock:
+            self._recent_prefixes[prefix] = cache
+            while len(self._recent_prefixes) > _RECENT_PREFIXES:
+                self._recent_prefixes.popitem(last=False)
+        return cache
+
+    def _continue(
+        self, base: torch.nn.Module, cache: Any, shared: int, rows: Sequence[EncodedPair]
+    ) -> list[float]:
+        """Rows' own tokens after a cached prefix of `shared` tokens (one copy per row)."""
         padded = PaddedBatch.of([EncodedPair(row.input_ids[shared:]) for row in rows], self._pad_token_id)
         n, width = padded.input_ids.shape
         device = self._device
-        base = getattr(self._model, self._model.base_model_prefix)
-        with torch.inference_mode():
-            cache = base(
-                input_ids=torch.tensor([prefix], device=device), use_cache=True
-            ).past_key_values
-            cache.batch_repeat_interleave(n)
-            mask = torch.from_numpy(padded.attention_mask).to(device)
-            hidden = base(
-                input_ids=torch.from_numpy(padded.input_ids).to(device),
-                attention_mask=torch.cat([mask.new_ones(n, shared), mask], dim=1),
-                position_ids=torch.arange(shared, shared + width, device=device).expand(n, width),
-                past_key_values=cache,
-                use_cache=True,
-            ).last_hidden_state
-            lengths = torch.from_numpy(padded.lengths).to(device)
-            last = hidden[torch.arange(n, device=device), lengths - 1]
-            rewards = self._last_token_head(last)[:, 0]
-        return rewards.float().cpu().tolist()
+        cache.batch_repeat_interleave(n)
+        mask = torch.from_numpy(padded.attention_mask).to(device)
+        hidden = base(
+            input_ids=torch.from_numpy(padded.input_ids).to(device),
+            attention_mask=torch.cat([mask.new_ones(n, shared), mask], dim=1),
+            position_ids=torch.arange(shared, shared + width, device=device).expand(n, width),
+            past_key_values=cache,
+            use_cache=True,
+        ).last_hidden_state
+        lengths = torch.from_numpy(padded.lengths).to(device)
+        last = hidden[torch.arange(n, device=device), lengths - 1]
+        return self._last_token_head(last)[:, 0].float().cpu().tolist()
 
     def _score_rows(self, batch: Sequence[EncodedPair]) -> list[float]:
         padded = PaddedBatch.of(batch, self._pad_token_id)
@@ -148,3 +182,19 @@ class TorchBackend:
         hidden = base(**inputs, use_cache=False).last_hidden_state
         last = hidden[torch.arange(hidden.shape[0], device=hidden.device), lengths - 1]
         return self._last_token_head(last)[:, 0]
+
+
+def _similar_lengths(rows: Sequence[EncodedPair], max_padding: float = 0.2) -> list[list[int]]:
+    """Row indices in chunks, longest first, each padded by at most `max_padding` of its tokens."""
+    order = sorted(range(len(rows)), key=lambda i: -rows[i].own_length)
+    chunks: list[list[int]] = []
+    for index in order:
+        if chunks:
+            chunk = chunks[-1]
+            width = rows[chunk[0]].own_length
+            real = sum(rows[i].own_length for i in chunk) + rows[index].own_length
+            if (len(chunk) + 1) * width - real <= max_padding * (len(chunk) + 1) * width:
+                chunk.append(index)
+                continue
+        chunks.append([index])
+    return chunks
