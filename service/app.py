@@ -130,6 +130,7 @@ class ModelLoader:
         self._registry.add(ServedModel(
             name=source.name, version=source.version, max_length=source.max_length,
             formatter=formatter, batcher=batcher, backend=backend.info, metrics=model_metrics,
+            normalization=source.normalization,
         ))
         info = backend.info
         self._metrics.model_info.labels(

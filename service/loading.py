@@ -23,6 +23,8 @@ class ModelSource:
     path: Path
     max_length: int
     backend: BackendName
+    # (mean, std) of its rewards over a reference set, for "normalize": true; None if unknown.
+    normalization: tuple[float, float] | None = None
 
     @property
     def onnx_file(self) -> Path:
@@ -47,16 +49,18 @@ def locate_model(arg: str, store: ModelStore, backend: BackendName | Literal["au
         config = read_config(folder)
         source = ModelSource(
             alias or folder.name, "local", folder, max_length_of(folder, config),
-            "torch" if backend == "auto" else backend,
+            "torch" if backend == "auto" else backend, _config_statistics(config),
         )
         exported = source.onnx_file.is_file()
     else:
         stored = store.get(ref)
         store.verify(stored)
         m = stored.manifest
+        statistics = (m.normalization.mean, m.normalization.std) if m.normalization else None
         source = ModelSource(
             alias or m.name, m.version, stored.path, m.max_length,
             m.preferred_backend if backend == "auto" else backend,
+            statistics or _config_statistics(read_config(stored.path)),
         )
         # An export counts once its parity check has recorded it (and its checksum) here.
         exported = m.onnx is not None
@@ -65,6 +69,14 @@ def locate_model(arg: str, store: ModelStore, backend: BackendName | Literal["au
             f"{ref} has no ONNX export ({GRAPH_FILE}): run `rmserve models export-onnx {ref}` first"
         )
     return source
+
+
+def _config_statistics(config: dict[str, Any]) -> tuple[float, float] | None:
+    """OpenRLHF-style reward models carry their reward mean and std in config.json."""
+    mean, std = config.get("mean"), config.get("std")
+    if isinstance(mean, int | float) and isinstance(std, int | float) and std > 0:
+        return float(mean), float(std)
+    return None
 
 
 def refuse_custom_code(source: ModelSource) -> None:

@@ -22,6 +22,7 @@ class ServedModel:
     batcher: Batcher
     backend: BackendInfo
     metrics: ModelMetrics
+    normalization: tuple[float, float] | None = None  # (mean, std) for "normalize": true
 
 
 class ModelRegistry:

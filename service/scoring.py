@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import hashlib
 import logging
 import math
@@ -26,6 +27,7 @@ from service.prefix_sharing import share_prefixes
 from service.registry import ModelRegistry, ServedModel
 from service.request_record import RequestRecord
 from service.result_cache import RewardCache, cache_key
+from service.rewards import clipped, normalized, preference_probability, weighted_sum
 
 logger = logging.getLogger("rmserve")
 
@@ -45,10 +47,13 @@ SCORE_PRIORITY, RANK_PRIORITY = 0, 10
 @dataclass(frozen=True)
 class ScoreOptions:
     """How one request wants to be served: `priority` (higher sooner; None: the endpoint's
-    default) and `timeout_s` (answered 504, its items dropped, if not computed by then)."""
+    default), `timeout_s` (answered 504, its items dropped, if not computed by then), and its
+    rewards `normalize`d with the model's statistics and/or `clip`ped to [-clip, clip]."""
 
     priority: int | None = None
     timeout_s: float | None = None
+    normalize: bool = False
+    clip: float | None = None
 
 
 @dataclass(frozen=True)
@@ -58,6 +63,21 @@ class ScoreResult:
     rewards: list[float]
     truncated: list[bool]
     tokens: int
+
+
+@dataclass(frozen=True)
+class CombinedResult:
+    """The weighted sum of several models' rewards, and each model's own (as used in the sum)."""
+
+    rewards: list[float]
+    components: dict[str, ScoreResult]
+    tokens: int
+
+
+@dataclass(frozen=True)
+class CompareResult:
+    score: ScoreResult
+    probability_a: float  # P(a preferred to b) = sigmoid(r_a - r_b), from the raw rewards
 
 
 @dataclass(frozen=True)
@@ -134,6 +154,10 @@ class Scorer:
             for i in todo:
                 self._cache.put(keys[i], rewards[i])
             served.metrics.cache_bytes.set(self._cache.bytes)
+        final = [r for r in rewards if r is not None]
+        if options.normalize:
+            final = normalized(final, served.normalization, served.name)
+        final = clipped(final, options.clip)
         tokens = sum(len(f.pair) for f in formatted)
         record.items, record.tokens = len(items), tokens
         served.metrics.items.inc(len(items))
@@ -141,7 +165,7 @@ class Scorer:
         return ScoreResult(
             model=served.name,
             version=served.version,
-            rewards=[r for r in rewards if r is not None],
+            rewards=final,
             truncated=[f.truncated for f in formatted],
             tokens=tokens,
         )
@@ -194,6 +218,53 @@ class Scorer:
                 ) from exc
             raise
 
+    async def combine(
+        self,
+        items: Sequence[ScoreInput],
+        weights: dict[str, float],
+        record: RequestRecord,
+        options: ScoreOptions = ScoreOptions(),
+    ) -> CombinedResult:
+        """sum_m weight_m * reward_m for each item: every model scores the items at once, each
+        through its own batcher (normalised first if asked)."""
+        if not weights:
+            raise InvalidInputError("combine needs at least one model and its weight")
+        for name in weights:
+            self._registry.get(name)  # an unknown model is a 404 before any work
+        parts = await asyncio.gather(*(
+            self.score(items, name, RequestRecord(record.request_id, record.endpoint), options)
+            for name in weights
+        ))
+        components = dict(zip(weights, parts, strict=True))
+        record.model, record.version = "combined", ""
+        record.items, record.tokens = len(items), sum(p.tokens for p in parts)
+        total = weighted_sum({name: part.rewards for name, part in components.items()}, weights)
+        return CombinedResult(total, components, record.tokens)
+
+    async def compare(
+        self,
+        conversation: Sequence[Message],
+        response_a: str,
+        response_b: str,
+        *,
+        model: str | None = None,
+        record: RequestRecord | None = None,
+        options: ScoreOptions = ScoreOptions(),
+    ) -> CompareResult:
+        """Bradley-Terry: both responses scored, and the probability that a is preferred."""
+        items = [_candidate(conversation, response_a), _candidate(conversation, response_b)]
+        if options.priority is None:
+            options = dataclasses.replace(options, priority=RANK_PRIORITY)
+        raw = await self.score(items, model, record, dataclasses.replace(options, normalize=False, clip=None))
+        result = dataclasses.replace(raw, rewards=self._transform(raw, options))
+        return CompareResult(result, preference_probability(*raw.rewards))
+
+    def _transform(self, result: ScoreResult, options: ScoreOptions) -> list[float]:
+        rewards = result.rewards
+        if options.normalize:
+            rewards = normalized(rewards, self._registry.get(result.model).normalization, result.model)
+        return clipped(rewards, options.clip)
+
     async def rank(
         self,
         conversation: Sequence[Message],
@@ -209,7 +280,7 @@ class Scorer:
             raise InvalidInputError("responses must hold at least one candidate")
         items = [_candidate(conversation, response) for response in responses]
         if options.priority is None:
-            options = ScoreOptions(RANK_PRIORITY, options.timeout_s)
+            options = dataclasses.replace(options, priority=RANK_PRIORITY)
         result = await self.score(items, model, record, options)
         ranking = sorted(range(len(responses)), key=lambda i: -result.rewards[i])
         return RankResult(result, ranking[:top_k] if top_k else ranking)

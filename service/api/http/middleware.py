@@ -14,7 +14,7 @@ from service.metrics import Metrics
 from service.request_record import RequestRecord, request_id_from
 
 # Logged at info; everything else (probes and scrapes every few seconds, docs) at debug.
-_SCORING_ENDPOINTS = {"/v1/score", "/v1/rank", "/get_reward"}
+_SCORING_ENDPOINTS = {"/v1/score", "/v1/rank", "/v1/compare", "/get_reward"}
 # Their 503s while starting or draining are answers, not errors.
 _PROBES = {"/healthz", "/readyz"}
 

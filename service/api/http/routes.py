@@ -11,6 +11,8 @@ from fastapi.responses import JSONResponse
 
 from service.api.http.errors import error_response
 from service.api.http.schemas import (
+    CompareRequest,
+    CompareResponse,
     ErrorResponse,
     ModelCard,
     ModelList,
@@ -92,6 +94,16 @@ async def score(
     record: Annotated[RequestRecord, Depends(get_record)],
 ) -> ScoreResponse:
     """Score each (prompt, response), conversation or pre-formatted text; rewards in input order."""
+    if body.combine is not None:
+        combined = await unless_client_leaves(
+            request, scorer.combine(body.items(), body.combine, record, body.options())
+        )
+        first = next(iter(combined.components.values()))
+        return ScoreResponse(
+            model="combined", version="", rewards=combined.rewards, truncated=first.truncated,
+            usage=Usage(tokens=combined.tokens),
+            components={name: part.rewards for name, part in combined.components.items()},
+        )
     work = scorer.score(body.items(), body.model, record, body.options())
     result = await unless_client_leaves(request, work)
     return ScoreResponse(
@@ -121,6 +133,23 @@ async def rank(
         rewards=result.score.rewards,
         ranking=result.ranking,
         best=result.best,
+    )
+
+
+@router.post("/v1/compare", response_model=CompareResponse, responses=_ERRORS)
+async def compare(
+    request: Request,
+    body: CompareRequest,
+    scorer: Annotated[Scorer, Depends(get_scorer)],
+    record: Annotated[RequestRecord, Depends(get_record)],
+) -> CompareResponse:
+    """Pairwise: both responses' rewards and P(a preferred to b) under Bradley-Terry."""
+    result = await unless_client_leaves(request, scorer.compare(
+        body.conversation(), body.a, body.b, model=body.model, record=record, options=body.options(),
+    ))
+    return CompareResponse(
+        model=result.score.model, version=result.score.version, rewards=result.score.rewards,
+        probability_a=result.probability_a, preferred="a" if result.probability_a >= 0.5 else "b",
     )
 
 

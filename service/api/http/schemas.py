@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
@@ -46,13 +47,32 @@ class _Scheduling(_Strict):
         description="answer 504 (and drop the items) if they are not computed within this time",
     )
 
+    normalize: bool = Field(
+        False, description="(r - mean) / std with the model's statistics (rmserve models calibrate)"
+    )
+    clip: float | None = Field(None, gt=0, description="clip each returned reward to [-clip, clip]")
+
     def options(self) -> ScoreOptions:
-        return ScoreOptions(self.priority, self.timeout_ms / 1000 if self.timeout_ms else None)
+        timeout_s = self.timeout_ms / 1000 if self.timeout_ms else None
+        return ScoreOptions(self.priority, timeout_s, self.normalize, self.clip)
 
 
 class ScoreRequest(_Scheduling):
     inputs: list[ItemIn] = Field(min_length=1, description="items to score, in order")
     model: str | None = Field(None, description="served model name; default model when absent")
+    combine: dict[str, float] | None = Field(
+        None, min_length=1, examples=[{"helpful": 0.7, "harmless": 0.3}],
+        description="served model -> weight: rewards are the weighted sum of these models' rewards "
+        "(each normalised first with normalize: true); instead of `model`",
+    )
+
+    @model_validator(mode="after")
+    def _model_or_combine(self) -> ScoreRequest:
+        if self.combine is not None and self.model is not None:
+            raise ValueError("give either 'model' or 'combine', not both")
+        if self.combine and not all(math.isfinite(w) for w in self.combine.values()):
+            raise ValueError("combine weights must be finite numbers")
+        return self
 
     def items(self) -> list[ScoreInput]:
         return [_to_item(item) for item in self.inputs]
@@ -63,11 +83,41 @@ class Usage(BaseModel):
 
 
 class ScoreResponse(BaseModel):
-    model: str
+    model: str = Field(description="the model, or 'combined' for a combine request")
     version: str
     rewards: list[float]
     truncated: list[bool]
     usage: Usage
+    components: dict[str, list[float]] | None = Field(
+        None, description="combine only: each model's rewards as weighted (normalised if asked)"
+    )
+
+
+class CompareRequest(_Scheduling):
+    prompt: str | None = None
+    messages: list[MessageIn] | None = Field(None, min_length=1)
+    a: str = Field(description="one response")
+    b: str = Field(description="the other response")
+    model: str | None = None
+
+    @model_validator(mode="after")
+    def _one_context(self) -> CompareRequest:
+        if (self.prompt is None) == (self.messages is None):
+            raise ValueError("give exactly one of 'prompt' or 'messages'")
+        return self
+
+    def conversation(self) -> list[Message]:
+        if self.prompt is not None:
+            return [Message("user", self.prompt)]
+        return [Message(m.role, m.content) for m in self.messages or []]
+
+
+class CompareResponse(BaseModel):
+    model: str
+    version: str
+    rewards: list[float] = Field(description="[reward of a, reward of b] (normalised if asked)")
+    probability_a: float = Field(description="P(a preferred to b) = sigmoid(r_a - r_b), raw rewards")
+    preferred: str = Field(description="'a' or 'b' ('a' on a tie)")
 
 
 class RankRequest(_Scheduling):
