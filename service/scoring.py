@@ -154,10 +154,6 @@ class Scorer:
             for i in todo:
                 self._cache.put(keys[i], rewards[i])
             served.metrics.cache_bytes.set(self._cache.bytes)
-        final = [r for r in rewards if r is not None]
-        if options.normalize:
-            final = normalized(final, served.normalization, served.name)
-        final = clipped(final, options.clip)
         tokens = sum(len(f.pair) for f in formatted)
         record.items, record.tokens = len(items), tokens
         served.metrics.items.inc(len(items))
@@ -165,7 +161,7 @@ class Scorer:
         return ScoreResult(
             model=served.name,
             version=served.version,
-            rewards=final,
+            rewards=_as_asked([r for r in rewards if r is not None], served, options),
             truncated=[f.truncated for f in formatted],
             tokens=tokens,
         )
@@ -256,14 +252,9 @@ class Scorer:
         if options.priority is None:
             options = dataclasses.replace(options, priority=RANK_PRIORITY)
         raw = await self.score(items, model, record, dataclasses.replace(options, normalize=False, clip=None))
-        result = dataclasses.replace(raw, rewards=self._transform(raw, options))
+        served = self._registry.get(raw.model)
+        result = dataclasses.replace(raw, rewards=_as_asked(raw.rewards, served, options))
         return CompareResult(result, preference_probability(*raw.rewards))
-
-    def _transform(self, result: ScoreResult, options: ScoreOptions) -> list[float]:
-        rewards = result.rewards
-        if options.normalize:
-            rewards = normalized(rewards, self._registry.get(result.model).normalization, result.model)
-        return clipped(rewards, options.clip)
 
     async def rank(
         self,
@@ -284,6 +275,13 @@ class Scorer:
         result = await self.score(items, model, record, options)
         ranking = sorted(range(len(responses)), key=lambda i: -result.rewards[i])
         return RankResult(result, ranking[:top_k] if top_k else ranking)
+
+
+def _as_asked(rewards: list[float], served: ServedModel, options: ScoreOptions) -> list[float]:
+    """Raw rewards, normalised with the model's statistics and clipped if the request asks."""
+    if options.normalize:
+        rewards = normalized(rewards, served.normalization, served.name)
+    return clipped(rewards, options.clip)
 
 
 def _fields(item: ScoreInput) -> list[tuple[str, str]]:
