@@ -17,7 +17,9 @@ class Normalization(BaseModel):
     """Reward statistics over a reference set, for (r - mean) / std."""
 
     mean: float
-    std: float = Field(gt=0)
+    std: float = Field(gt=0, description="population standard deviation (ddof 0)")
+    count: int | None = Field(None, description="rewards in the reference set")
+    reference: str | None = Field(None, description="what the reference set was")
 
 
 class OnnxExport(BaseModel):

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from model_store.manifest import MANIFEST_FILE, Manifest, checksum_files, sha256_of
+from model_store.manifest import MANIFEST_FILE, Manifest, Normalization, checksum_files, sha256_of
 
 DEFAULT_STORE = Path("~/.cache/rmserve/models")  # expanded when used, not at import
 _NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
@@ -113,6 +113,7 @@ class ModelStore:
         source: str,
         max_length: int | None = None,
         evaluation: dict[str, Any] | None = None,
+        normalization: Normalization | None = None,
     ) -> StoredModel:
         """Copy an HF-format folder into the store, checksum it and rename it into place.
 
@@ -144,6 +145,7 @@ class ModelStore:
                 files=checksum_files(staging),
                 source=source,
                 evaluation=evaluation or {},
+                normalization=normalization,
             )
             manifest.write(staging)
             os.rename(staging, target)

@@ -1,4 +1,4 @@
-"""The `rmserve` command: serve, and manage the model store."""
+"""The `rmserve` command: serve, manage the model store, and train, evaluate and calibrate models."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ from pydantic import ValidationError
 
 from model_store.store import DEFAULT_STORE, ModelStore, ModelStoreError
 from service.backends.onnx_backend import BackendUnavailableError
+from service.quality.commands import add_commands as add_quality_commands
 
 
 def _store_root(arg: Path | None) -> Path:
@@ -111,6 +112,7 @@ def _parser() -> argparse.ArgumentParser:
     export.add_argument("--prefer", action="store_true",
                         help="make ONNX this version's preferred backend (`serve --backend auto`)")
     actions.add_parser("build-demo", help="train the embedded demo-minilm-rm model (once)")
+    add_quality_commands(commands, actions)  # train, eval, models calibrate
     return parser
 
 
@@ -119,7 +121,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if argv[:1] == ["serve"]:
             return _serve(argv[1:])
-        return _models(_parser().parse_args(argv))
+        args = _parser().parse_args(argv)
+        if hasattr(args, "run"):
+            return args.run(args, ModelStore(_store_root(args.store)))
+        return _models(args)
     except (ModelStoreError, BackendUnavailableError) as exc:
         print(f"rmserve: {exc}", file=sys.stderr)
         return 1
