@@ -86,7 +86,7 @@ async def unless_client_leaves(request: Request, work: Awaitable[T]) -> T:
         watcher.cancel()
 
 
-@router.post("/v1/score", response_model=ScoreResponse, responses=_ERRORS)
+@router.post("/v1/score", response_model=ScoreResponse, response_model_exclude_none=True, responses=_ERRORS)
 async def score(
     request: Request,
     body: ScoreRequest,
