@@ -93,15 +93,15 @@ class ScoreResponse(BaseModel):
     )
 
 
-class CompareRequest(_Scheduling):
+class _AfterContext(_Scheduling):
+    """Responses to one prompt or conversation (exactly one of them)."""
+
     prompt: str | None = None
     messages: list[MessageIn] | None = Field(None, min_length=1)
-    a: str = Field(description="one response")
-    b: str = Field(description="the other response")
     model: str | None = None
 
     @model_validator(mode="after")
-    def _one_context(self) -> CompareRequest:
+    def _one_context(self) -> _AfterContext:
         if (self.prompt is None) == (self.messages is None):
             raise ValueError("give exactly one of 'prompt' or 'messages'")
         return self
@@ -110,6 +110,11 @@ class CompareRequest(_Scheduling):
         if self.prompt is not None:
             return [Message("user", self.prompt)]
         return [Message(m.role, m.content) for m in self.messages or []]
+
+
+class CompareRequest(_AfterContext):
+    a: str = Field(description="one response")
+    b: str = Field(description="the other response")
 
 
 class CompareResponse(BaseModel):
@@ -120,23 +125,9 @@ class CompareResponse(BaseModel):
     preferred: str = Field(description="'a' or 'b' ('a' on a tie)")
 
 
-class RankRequest(_Scheduling):
-    prompt: str | None = None
-    messages: list[MessageIn] | None = Field(None, min_length=1)
+class RankRequest(_AfterContext):
     responses: list[str] = Field(min_length=1, description="candidate responses to rank")
     top_k: int | None = Field(None, ge=1, description="return only the best k indices")
-    model: str | None = None
-
-    @model_validator(mode="after")
-    def _one_context(self) -> RankRequest:
-        if (self.prompt is None) == (self.messages is None):
-            raise ValueError("give exactly one of 'prompt' or 'messages'")
-        return self
-
-    def conversation(self) -> list[Message]:
-        if self.prompt is not None:
-            return [Message("user", self.prompt)]
-        return [Message(m.role, m.content) for m in self.messages or []]
 
 
 class RankResponse(BaseModel):
