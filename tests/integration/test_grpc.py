@@ -174,3 +174,17 @@ def test_list_models_reports_models_and_limits(stub: rmserve_pb2_grpc.RewardServ
     assert answer.max_inputs_per_request == 64
     assert [(m.name, m.version, m.backend, m.device) for m in answer.models] == [
         ("bert", "local", "torch", "cpu"), ("gpt2", "local", "torch", "cpu")]
+
+
+def test_priority_normalize_and_clip_as_over_http(servers: tuple[str, str], stub) -> None:
+    items = [to_pb(item) for item in mixed_items(seed=3, count=6)]
+    raw = stub.Score(pb.ScoreRequest(model="gpt2", inputs=items, priority=-5), timeout=30)
+    clipped = stub.Score(pb.ScoreRequest(model="gpt2", inputs=items, clip=0.01), timeout=30)
+    assert list(clipped.rewards) == pytest.approx([max(-0.01, min(0.01, r)) for r in raw.rewards], abs=1e-7)
+    rank = pb.RankRequest(model="gpt2", prompt="Hi", responses=["a", "b"], priority=0)
+    ranked = stub.Rank(rank, timeout=30)
+    assert len(ranked.rewards) == 2
+    with pytest.raises(grpc.RpcError) as refused:  # these test models have no statistics
+        stub.Score(pb.ScoreRequest(model="gpt2", inputs=items, normalize=True), timeout=30)
+    assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "rmserve models calibrate gpt2" in refused.value.details()

@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1eservice/api/grpc/rmserve.proto\x12\nrmserve.v1\"(\n\x07Message\x12\x0c\n\x04role\x18\x01 \x01(\t\x12\x0f\n\x07\x63ontent\x18\x02 \x01(\t\"2\n\x0ePromptResponse\x12\x0e\n\x06prompt\x18\x01 \x01(\t\x12\x10\n\x08response\x18\x02 \x01(\t\"5\n\x0c\x43onversation\x12%\n\x08messages\x18\x01 \x03(\x0b\x32\x13.rmserve.v1.Message\"}\n\x04Item\x12*\n\x04pair\x18\x01 \x01(\x0b\x32\x1a.rmserve.v1.PromptResponseH\x00\x12\x30\n\x0c\x63onversation\x18\x02 \x01(\x0b\x32\x18.rmserve.v1.ConversationH\x00\x12\x0e\n\x04text\x18\x03 \x01(\tH\x00\x42\x07\n\x05input\"?\n\x0cScoreRequest\x12 \n\x06inputs\x18\x01 \x03(\x0b\x32\x10.rmserve.v1.Item\x12\r\n\x05model\x18\x02 \x01(\t\"c\n\rScoreResponse\x12\r\n\x05model\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\t\x12\x0f\n\x07rewards\x18\x03 \x03(\x01\x12\x11\n\ttruncated\x18\x04 \x03(\x08\x12\x0e\n\x06tokens\x18\x05 \x01(\x04\"\x85\x01\n\x0bRankRequest\x12\x13\n\x06prompt\x18\x01 \x01(\tH\x00\x88\x01\x01\x12%\n\x08messages\x18\x02 \x03(\x0b\x32\x13.rmserve.v1.Message\x12\x11\n\tresponses\x18\x03 \x03(\t\x12\r\n\x05model\x18\x04 \x01(\t\x12\r\n\x05top_k\x18\x05 \x01(\rB\t\n\x07_prompt\"^\n\x0cRankResponse\x12\r\n\x05model\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\t\x12\x0f\n\x07rewards\x18\x03 \x03(\x01\x12\x0f\n\x07ranking\x18\x04 \x03(\r\x12\x0c\n\x04\x62\x65st\x18\x05 \x01(\r\"\x13\n\x11ListModelsRequest\"n\n\tModelCard\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\t\x12\x0f\n\x07\x62\x61\x63kend\x18\x03 \x01(\t\x12\x0e\n\x06\x64\x65vice\x18\x04 \x01(\t\x12\r\n\x05\x64type\x18\x05 \x01(\t\x12\x12\n\nmax_length\x18\x06 \x01(\r\"[\n\x12ListModelsResponse\x12%\n\x06models\x18\x01 \x03(\x0b\x32\x15.rmserve.v1.ModelCard\x12\x1e\n\x16max_inputs_per_request\x18\x02 \x01(\r2\x9d\x02\n\rRewardService\x12<\n\x05Score\x12\x18.rmserve.v1.ScoreRequest\x1a\x19.rmserve.v1.ScoreResponse\x12\x39\n\x04Rank\x12\x17.rmserve.v1.RankRequest\x1a\x18.rmserve.v1.RankResponse\x12\x46\n\x0bScoreStream\x12\x18.rmserve.v1.ScoreRequest\x1a\x19.rmserve.v1.ScoreResponse(\x01\x30\x01\x12K\n\nListModels\x12\x1d.rmserve.v1.ListModelsRequest\x1a\x1e.rmserve.v1.ListModelsResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1eservice/api/grpc/rmserve.proto\x12\nrmserve.v1\"(\n\x07Message\x12\x0c\n\x04role\x18\x01 \x01(\t\x12\x0f\n\x07\x63ontent\x18\x02 \x01(\t\"2\n\x0ePromptResponse\x12\x0e\n\x06prompt\x18\x01 \x01(\t\x12\x10\n\x08response\x18\x02 \x01(\t\"5\n\x0c\x43onversation\x12%\n\x08messages\x18\x01 \x03(\x0b\x32\x13.rmserve.v1.Message\"}\n\x04Item\x12*\n\x04pair\x18\x01 \x01(\x0b\x32\x1a.rmserve.v1.PromptResponseH\x00\x12\x30\n\x0c\x63onversation\x18\x02 \x01(\x0b\x32\x18.rmserve.v1.ConversationH\x00\x12\x0e\n\x04text\x18\x03 \x01(\tH\x00\x42\x07\n\x05input\"\x84\x01\n\x0cScoreRequest\x12 \n\x06inputs\x18\x01 \x03(\x0b\x32\x10.rmserve.v1.Item\x12\r\n\x05model\x18\x02 \x01(\t\x12\x15\n\x08priority\x18\x03 \x01(\x05H\x00\x88\x01\x01\x12\x11\n\tnormalize\x18\x04 \x01(\x08\x12\x0c\n\x04\x63lip\x18\x05 \x01(\x01\x42\x0b\n\t_priority\"c\n\rScoreResponse\x12\r\n\x05model\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\t\x12\x0f\n\x07rewards\x18\x03 \x03(\x01\x12\x11\n\ttruncated\x18\x04 \x03(\x08\x12\x0e\n\x06tokens\x18\x05 \x01(\x04\"\xca\x01\n\x0bRankRequest\x12\x13\n\x06prompt\x18\x01 \x01(\tH\x00\x88\x01\x01\x12%\n\x08messages\x18\x02 \x03(\x0b\x32\x13.rmserve.v1.Message\x12\x11\n\tresponses\x18\x03 \x03(\t\x12\r\n\x05model\x18\x04 \x01(\t\x12\r\n\x05top_k\x18\x05 \x01(\r\x12\x15\n\x08priority\x18\x06 \x01(\x05H\x01\x88\x01\x01\x12\x11\n\tnormalize\x18\x07 \x01(\x08\x12\x0c\n\x04\x63lip\x18\x08 \x01(\x01\x42\t\n\x07_promptB\x0b\n\t_priority\"^\n\x0cRankResponse\x12\r\n\x05model\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\t\x12\x0f\n\x07rewards\x18\x03 \x03(\x01\x12\x0f\n\x07ranking\x18\x04 \x03(\r\x12\x0c\n\x04\x62\x65st\x18\x05 \x01(\r\"\x13\n\x11ListModelsRequest\"n\n\tModelCard\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\t\x12\x0f\n\x07\x62\x61\x63kend\x18\x03 \x01(\t\x12\x0e\n\x06\x64\x65vice\x18\x04 \x01(\t\x12\r\n\x05\x64type\x18\x05 \x01(\t\x12\x12\n\nmax_length\x18\x06 \x01(\r\"[\n\x12ListModelsResponse\x12%\n\x06models\x18\x01 \x03(\x0b\x32\x15.rmserve.v1.ModelCard\x12\x1e\n\x16max_inputs_per_request\x18\x02 \x01(\r2\x9d\x02\n\rRewardService\x12<\n\x05Score\x12\x18.rmserve.v1.ScoreRequest\x1a\x19.rmserve.v1.ScoreResponse\x12\x39\n\x04Rank\x12\x17.rmserve.v1.RankRequest\x1a\x18.rmserve.v1.RankResponse\x12\x46\n\x0bScoreStream\x12\x18.rmserve.v1.ScoreRequest\x1a\x19.rmserve.v1.ScoreResponse(\x01\x30\x01\x12K\n\nListModels\x12\x1d.rmserve.v1.ListModelsRequest\x1a\x1e.rmserve.v1.ListModelsResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -39,20 +39,20 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_CONVERSATION']._serialized_end=193
   _globals['_ITEM']._serialized_start=195
   _globals['_ITEM']._serialized_end=320
-  _globals['_SCOREREQUEST']._serialized_start=322
-  _globals['_SCOREREQUEST']._serialized_end=385
-  _globals['_SCORERESPONSE']._serialized_start=387
-  _globals['_SCORERESPONSE']._serialized_end=486
-  _globals['_RANKREQUEST']._serialized_start=489
-  _globals['_RANKREQUEST']._serialized_end=622
-  _globals['_RANKRESPONSE']._serialized_start=624
-  _globals['_RANKRESPONSE']._serialized_end=718
-  _globals['_LISTMODELSREQUEST']._serialized_start=720
-  _globals['_LISTMODELSREQUEST']._serialized_end=739
-  _globals['_MODELCARD']._serialized_start=741
-  _globals['_MODELCARD']._serialized_end=851
-  _globals['_LISTMODELSRESPONSE']._serialized_start=853
-  _globals['_LISTMODELSRESPONSE']._serialized_end=944
-  _globals['_REWARDSERVICE']._serialized_start=947
-  _globals['_REWARDSERVICE']._serialized_end=1232
+  _globals['_SCOREREQUEST']._serialized_start=323
+  _globals['_SCOREREQUEST']._serialized_end=455
+  _globals['_SCORERESPONSE']._serialized_start=457
+  _globals['_SCORERESPONSE']._serialized_end=556
+  _globals['_RANKREQUEST']._serialized_start=559
+  _globals['_RANKREQUEST']._serialized_end=761
+  _globals['_RANKRESPONSE']._serialized_start=763
+  _globals['_RANKRESPONSE']._serialized_end=857
+  _globals['_LISTMODELSREQUEST']._serialized_start=859
+  _globals['_LISTMODELSREQUEST']._serialized_end=878
+  _globals['_MODELCARD']._serialized_start=880
+  _globals['_MODELCARD']._serialized_end=990
+  _globals['_LISTMODELSRESPONSE']._serialized_start=992
+  _globals['_LISTMODELSRESPONSE']._serialized_end=1083
+  _globals['_REWARDSERVICE']._serialized_start=1086
+  _globals['_REWARDSERVICE']._serialized_end=1371
 # @@protoc_insertion_point(module_scope)

@@ -39,12 +39,18 @@ class Item(_message.Message):
     def __init__(self, pair: _Optional[_Union[PromptResponse, _Mapping]] = ..., conversation: _Optional[_Union[Conversation, _Mapping]] = ..., text: _Optional[str] = ...) -> None: ...
 
 class ScoreRequest(_message.Message):
-    __slots__ = ("inputs", "model")
+    __slots__ = ("inputs", "model", "priority", "normalize", "clip")
     INPUTS_FIELD_NUMBER: _ClassVar[int]
     MODEL_FIELD_NUMBER: _ClassVar[int]
+    PRIORITY_FIELD_NUMBER: _ClassVar[int]
+    NORMALIZE_FIELD_NUMBER: _ClassVar[int]
+    CLIP_FIELD_NUMBER: _ClassVar[int]
     inputs: _containers.RepeatedCompositeFieldContainer[Item]
     model: str
-    def __init__(self, inputs: _Optional[_Iterable[_Union[Item, _Mapping]]] = ..., model: _Optional[str] = ...) -> None: ...
+    priority: int
+    normalize: bool
+    clip: float
+    def __init__(self, inputs: _Optional[_Iterable[_Union[Item, _Mapping]]] = ..., model: _Optional[str] = ..., priority: _Optional[int] = ..., normalize: _Optional[bool] = ..., clip: _Optional[float] = ...) -> None: ...
 
 class ScoreResponse(_message.Message):
     __slots__ = ("model", "version", "rewards", "truncated", "tokens")
@@ -61,18 +67,24 @@ class ScoreResponse(_message.Message):
     def __init__(self, model: _Optional[str] = ..., version: _Optional[str] = ..., rewards: _Optional[_Iterable[float]] = ..., truncated: _Optional[_Iterable[bool]] = ..., tokens: _Optional[int] = ...) -> None: ...
 
 class RankRequest(_message.Message):
-    __slots__ = ("prompt", "messages", "responses", "model", "top_k")
+    __slots__ = ("prompt", "messages", "responses", "model", "top_k", "priority", "normalize", "clip")
     PROMPT_FIELD_NUMBER: _ClassVar[int]
     MESSAGES_FIELD_NUMBER: _ClassVar[int]
     RESPONSES_FIELD_NUMBER: _ClassVar[int]
     MODEL_FIELD_NUMBER: _ClassVar[int]
     TOP_K_FIELD_NUMBER: _ClassVar[int]
+    PRIORITY_FIELD_NUMBER: _ClassVar[int]
+    NORMALIZE_FIELD_NUMBER: _ClassVar[int]
+    CLIP_FIELD_NUMBER: _ClassVar[int]
     prompt: str
     messages: _containers.RepeatedCompositeFieldContainer[Message]
     responses: _containers.RepeatedScalarFieldContainer[str]
     model: str
     top_k: int
-    def __init__(self, prompt: _Optional[str] = ..., messages: _Optional[_Iterable[_Union[Message, _Mapping]]] = ..., responses: _Optional[_Iterable[str]] = ..., model: _Optional[str] = ..., top_k: _Optional[int] = ...) -> None: ...
+    priority: int
+    normalize: bool
+    clip: float
+    def __init__(self, prompt: _Optional[str] = ..., messages: _Optional[_Iterable[_Union[Message, _Mapping]]] = ..., responses: _Optional[_Iterable[str]] = ..., model: _Optional[str] = ..., top_k: _Optional[int] = ..., priority: _Optional[int] = ..., normalize: _Optional[bool] = ..., clip: _Optional[float] = ...) -> None: ...
 
 class RankResponse(_message.Message):
     __slots__ = ("model", "version", "rewards", "ranking", "best")

@@ -49,9 +49,17 @@ Reply = TypeVar("Reply")
 _STREAM_CHUNKS_IN_FLIGHT = 2
 
 
-def _options(context: grpc.aio.ServicerContext) -> ScoreOptions:
-    """The call's deadline, if it has one, bounds its wait in the queue as timeout_ms does."""
-    return ScoreOptions(timeout_s=context.time_remaining())
+def _options(request: pb.ScoreRequest | pb.RankRequest, context: grpc.aio.ServicerContext) -> ScoreOptions:
+    """The request's priority and reward options; the call's deadline, if it has one, bounds its
+    wait in the queue as timeout_ms does over HTTP."""
+    if request.clip < 0:
+        raise InvalidInputError("clip must be positive (0: no clipping)")
+    return ScoreOptions(
+        priority=request.priority if request.HasField("priority") else None,
+        timeout_s=context.time_remaining(),
+        normalize=request.normalize,
+        clip=request.clip or None,
+    )
 
 
 def to_items(request: pb.ScoreRequest) -> list[ScoreInput]:
@@ -114,7 +122,7 @@ class RewardServicer(rmserve_pb2_grpc.RewardServiceServicer):
             )
             result = await self._scorer.rank(
                 conversation, list(request.responses), model=request.model or None,
-                top_k=request.top_k or None, record=record, options=_options(context),
+                top_k=request.top_k or None, record=record, options=_options(request, context),
             )
             return pb.RankResponse(
                 model=result.score.model, version=result.score.version, rewards=result.score.rewards,
@@ -162,7 +170,7 @@ class RewardServicer(rmserve_pb2_grpc.RewardServiceServicer):
     ) -> Callable[[RequestRecord], Awaitable[pb.ScoreResponse]]:
         async def score(record: RequestRecord) -> pb.ScoreResponse:
             result = await self._scorer.score(
-                to_items(request), request.model or None, record, _options(context)
+                to_items(request), request.model or None, record, _options(request, context)
             )
             return _score_reply(result)
 
