@@ -24,7 +24,8 @@ def share_prefixes(
     all rows but one)."""
     groups: dict[Hashable, list[int]] = {}
     for index, (item, pair) in enumerate(zip(items, pairs, strict=True)):
-        groups.setdefault(_prompt_key(item, pair, min_tokens), []).append(index)
+        if pair.token_type_ids is None:  # continuations carry no token types: such rows stay whole
+            groups.setdefault(_prompt_key(item, pair, min_tokens), []).append(index)
     marked, saved = list(pairs), 0
     for rows in groups.values():
         if len(rows) < 2:

@@ -8,14 +8,19 @@ from collections.abc import Sequence
 from service.errors import InvalidInputError
 
 
-def normalized(rewards: Sequence[float], statistics: tuple[float, float] | None, model: str) -> list[float]:
-    """(r - mean) / std with the model's statistics over its reference set."""
+def require_statistics(statistics: tuple[float, float] | None, model: str) -> tuple[float, float]:
     if statistics is None:
         raise InvalidInputError(
-            f"model {model!r} has no normalisation statistics: run `rmserve models calibrate {model} "
-            "--data PAIRS` (or serve a model whose config.json has mean and std), or drop normalize"
+            f"model {model!r} has no normalisation statistics: calibrate its stored version (`rmserve "
+            "models calibrate NAME[:VERSION] --data FILE`, needs the train extra) and restart, serve a "
+            "model whose config.json has mean and std, or drop normalize"
         )
-    mean, std = statistics
+    return statistics
+
+
+def normalized(rewards: Sequence[float], statistics: tuple[float, float] | None, model: str) -> list[float]:
+    """(r - mean) / std with the model's statistics over its reference set."""
+    mean, std = require_statistics(statistics, model)
     return [(r - mean) / std for r in rewards]
 
 

@@ -18,6 +18,7 @@ from service.errors import (
     InvalidInputError,
     NotReadyError,
     OverloadedError,
+    ScoringError,
     TooLargeError,
     TooManyInputsError,
 )
@@ -27,7 +28,7 @@ from service.prefix_sharing import share_prefixes
 from service.registry import ModelRegistry, ServedModel
 from service.request_record import RequestRecord
 from service.result_cache import RewardCache, cache_key
-from service.rewards import clipped, normalized, preference_probability, weighted_sum
+from service.rewards import clipped, normalized, preference_probability, require_statistics, weighted_sum
 
 logger = logging.getLogger("rmserve")
 
@@ -42,6 +43,8 @@ class ScoringLimits:
 
 # Interactive best-of-n goes ahead of bulk scoring unless a request says otherwise.
 SCORE_PRIORITY, RANK_PRIORITY = 0, 10
+# Beyond this a priority would starve other work for hours, whatever the aging.
+MAX_PRIORITY = 1000
 
 
 @dataclass(frozen=True)
@@ -54,6 +57,16 @@ class ScoreOptions:
     timeout_s: float | None = None
     normalize: bool = False
     clip: float | None = None
+
+    def __post_init__(self) -> None:
+        if self.priority is not None and abs(self.priority) > MAX_PRIORITY:
+            raise InvalidInputError(f"priority must be within -{MAX_PRIORITY}..{MAX_PRIORITY}")
+        if self.clip is not None and not (math.isfinite(self.clip) and self.clip > 0):
+            raise InvalidInputError("clip must be a positive, finite number")
+
+    def raw(self) -> ScoreOptions:
+        """The same request, for rewards as the model gives them."""
+        return dataclasses.replace(self, normalize=False, clip=None)
 
 
 @dataclass(frozen=True)
@@ -113,7 +126,8 @@ class Scorer:
     ) -> ScoreResult:
         """`record`, if given, learns the model, the counts and where the time went."""
         record = record or RequestRecord("", "")
-        deadline = asyncio.get_running_loop().time() + options.timeout_s if options.timeout_s else None
+        loop = asyncio.get_running_loop()
+        deadline = None if options.timeout_s is None else loop.time() + options.timeout_s
         if not items:
             raise InvalidInputError("inputs must hold at least one item")
         if len(items) > self.max_inputs_per_request:
@@ -122,7 +136,7 @@ class Scorer:
                 "split the request"
             )
         _check_field_sizes(items, self.limits.max_chars_per_field)
-        served = self._registry.get(model)
+        served = self._served(model, options)
         record.model, record.version = served.name, served.version
         # Tokenising off the event loop keeps the server answering while long inputs encode.
         formatted = await asyncio.to_thread(served.formatter.format, items)
@@ -226,16 +240,19 @@ class Scorer:
         if not weights:
             raise InvalidInputError("combine needs at least one model and its weight")
         for name in weights:
-            self._registry.get(name)  # an unknown model is a 404 before any work
-        parts = await asyncio.gather(*(
-            self.score(items, name, RequestRecord(record.request_id, record.endpoint), options)
-            for name in weights
-        ))
-        components = dict(zip(weights, parts, strict=True))
+            self._served(name, options)  # an unknown model or missing statistics: before any work
         record.model, record.version = "combined", ""
-        record.items, record.tokens = len(items), sum(p.tokens for p in parts)
+        each = dataclasses.replace(options, clip=None)  # the sum is clipped, not its parts
+        try:
+            async with asyncio.TaskGroup() as group:  # one part failing stops the others' work
+                tasks = [group.create_task(self.score(items, name, RequestRecord(
+                    record.request_id, record.endpoint, timing=record.timing), each)) for name in weights]
+        except* ScoringError as failed:
+            raise failed.exceptions[0] from None
+        components = dict(zip(weights, (task.result() for task in tasks), strict=True))
+        record.items, record.tokens = len(items), sum(p.tokens for p in components.values())
         total = weighted_sum({name: part.rewards for name, part in components.items()}, weights)
-        return CombinedResult(total, components, record.tokens)
+        return CombinedResult(clipped(total, options.clip), components, record.tokens)
 
     async def compare(
         self,
@@ -251,8 +268,8 @@ class Scorer:
         items = [_candidate(conversation, response_a), _candidate(conversation, response_b)]
         if options.priority is None:
             options = dataclasses.replace(options, priority=RANK_PRIORITY)
-        raw = await self.score(items, model, record, dataclasses.replace(options, normalize=False, clip=None))
-        served = self._registry.get(raw.model)
+        served = self._served(model, options)
+        raw = await self.score(items, model, record, options.raw())
         result = dataclasses.replace(raw, rewards=_as_asked(raw.rewards, served, options))
         return CompareResult(result, preference_probability(*raw.rewards))
 
@@ -272,9 +289,19 @@ class Scorer:
         items = [_candidate(conversation, response) for response in responses]
         if options.priority is None:
             options = dataclasses.replace(options, priority=RANK_PRIORITY)
-        result = await self.score(items, model, record, options)
-        ranking = sorted(range(len(responses)), key=lambda i: -result.rewards[i])
+        served = self._served(model, options)
+        raw = await self.score(items, model, record, options.raw())
+        # Ranked by the model's own rewards: clipping could tie what the model tells apart.
+        ranking = sorted(range(len(responses)), key=lambda i: -raw.rewards[i])
+        result = dataclasses.replace(raw, rewards=_as_asked(raw.rewards, served, options))
         return RankResult(result, ranking[:top_k] if top_k else ranking)
+
+    def _served(self, model: str | None, options: ScoreOptions) -> ServedModel:
+        """The model asked for, known to have what the options need."""
+        served = self._registry.get(model)
+        if options.normalize:
+            require_statistics(served.normalization, served.name)
+        return served
 
 
 def _as_asked(rewards: list[float], served: ServedModel, options: ScoreOptions) -> list[float]:

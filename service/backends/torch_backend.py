@@ -95,25 +95,22 @@ class TorchBackend:
     def score(self, batch: Sequence[EncodedPair]) -> list[float]:
         if not self.info.shares_prefixes or not any(row.shared_prefix for row in batch):
             return self._score_rows(batch)
-        # Rows that share a prefix are computed as continuations of it, one group at a time;
-        # the others in one ordinary pass, with a group's lone row unless its prefix is at hand.
+        # Rows that share a prefix are computed as continuations of it, one group at a time (a
+        # group's rows may come in several batches: its prefix is computed once, then kept); the
+        # others in one ordinary pass. Batches were budgeted by exactly these continuations.
         groups: dict[tuple[int, ...], list[int]] = {}
         for index, row in enumerate(batch):
             groups.setdefault(row.input_ids[: row.shared_prefix], []).append(index)
-        alone = [i for prefix, rows in groups.items() if not self._worth_sharing(prefix, rows) for i in rows]
+        alone = groups.pop((), [])
         rewards = [0.0] * len(batch)
         if alone:
             for index, reward in zip(alone, self._score_rows([batch[i] for i in alone]), strict=True):
                 rewards[index] = reward
         for prefix, rows in groups.items():
-            if self._worth_sharing(prefix, rows):
-                computed = self._score_after_prefix(prefix, [batch[i] for i in rows])
-                for index, reward in zip(rows, computed, strict=True):
-                    rewards[index] = reward
+            computed = self._score_after_prefix(prefix, [batch[i] for i in rows])
+            for index, reward in zip(rows, computed, strict=True):
+                rewards[index] = reward
         return rewards
-
-    def _worth_sharing(self, prefix: tuple[int, ...], rows: list[int]) -> bool:
-        return bool(prefix) and (len(rows) > 1 or prefix in self._recent_prefixes)
 
     def _score_after_prefix(self, prefix: tuple[int, ...], rows: Sequence[EncodedPair]) -> list[float]:
         """The prefix once (its keys and values cached), then every row's own tokens after it:

@@ -190,6 +190,7 @@ class Batcher:
         self._pending = [p for p in self._pending if not p.future.done()]
         if not self._pending:
             self._queued_tokens = 0
+            self._notify_depth()
             return []
         now = time.monotonic()
         anchor = max(self._pending, key=lambda p: p.priority + (now - p.enqueued_s) / self._priority_aging_s)

@@ -91,6 +91,7 @@ def test_an_expired_deadline_answers_504_without_running_the_model(slow_server: 
     time.sleep(2.5)  # past the batching window: nothing of it may have been computed since
     assert forward_passes(slow_server) == passes
     assert metric(slow_server, "rmserve_dropped_items_total", reason="deadline") == len(RESPONSES)
+    assert metric(slow_server, "rmserve_queue_depth") == 0  # the gauge follows the drop
 
 
 def test_a_disconnected_clients_queued_items_are_dropped(slow_server: str) -> None:

@@ -187,4 +187,11 @@ def test_priority_normalize_and_clip_as_over_http(servers: tuple[str, str], stub
     with pytest.raises(grpc.RpcError) as refused:  # these test models have no statistics
         stub.Score(pb.ScoreRequest(model="gpt2", inputs=items, normalize=True), timeout=30)
     assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
-    assert "rmserve models calibrate gpt2" in refused.value.details()
+    assert "'gpt2' has no normalisation statistics" in refused.value.details()
+
+
+@pytest.mark.parametrize("options", [{"clip": float("nan")}, {"clip": -1.0}, {"priority": 2**31 - 1}])
+def test_out_of_range_options_are_invalid_arguments(stub, options: dict) -> None:
+    with pytest.raises(grpc.RpcError) as refused:
+        stub.Score(pb.ScoreRequest(model="gpt2", inputs=[pb.Item(text="x")], **options), timeout=30)
+    assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT

@@ -56,7 +56,8 @@ def test_normalize_uses_the_models_statistics_and_clip_bounds_the_result(server:
 def test_normalize_without_statistics_says_how_to_get_them(server: str) -> None:
     response = score(server, model="llama", inputs=ITEMS, normalize=True)
     assert response.status_code == 422
-    assert "rmserve models calibrate llama" in response.json()["error"]["message"]
+    message = response.json()["error"]["message"]
+    assert "'llama' has no normalisation statistics" in message and "rmserve models calibrate" in message
 
 
 def test_compare_gives_both_rewards_and_the_bradley_terry_probability(server: str) -> None:
@@ -93,9 +94,37 @@ def test_combined_rewards_are_the_weighted_sum_of_models_served_separately(
 @pytest.mark.parametrize(("body", "status", "words"), [
     ({"combine": {"bert": 1.0, "nope": 1.0}}, 404, "nope"),
     ({"combine": {"bert": 1.0}, "model": "bert"}, 422, "either 'model' or 'combine'"),
-    ({"combine": {"bert": 1.0, "llama": 1.0}, "normalize": True}, 422, "calibrate llama"),
+    ({"combine": {"bert": 1.0, "llama": 1.0}, "normalize": True}, 422, "'llama' has no normalisation"),
     ({"combine": {}}, 422, "combine"),
 ])
 def test_bad_combinations_are_refused_clearly(server: str, body: dict, status: int, words: str) -> None:
     response = score(server, inputs=ITEMS[:2], **body)
     assert response.status_code == status and words in response.json()["error"]["message"], response.text
+
+
+def test_rank_orders_by_the_models_rewards_even_when_clipped(server: str) -> None:
+    body = {"model": "bert", "prompt": "How do I cook pasta?",
+            "responses": ["Boil water, add pasta.", "No.", "Pasta is cooked in hot water for ten minutes."]}
+    plain = httpx.post(f"{server}/v1/rank", json=body).json()
+    clipped = httpx.post(f"{server}/v1/rank", json={**body, "clip": 1e-6}).json()
+    assert clipped["ranking"] == plain["ranking"] and clipped["best"] == plain["best"]
+    assert all(abs(r) <= 1e-6 for r in clipped["rewards"])
+
+
+def test_combined_rewards_are_clipped_as_a_sum(server: str) -> None:
+    combined = score(server, inputs=ITEMS, combine={"bert": 1.0, "gpt2": 1.0}, clip=0.05).json()
+    assert all(abs(r) <= 0.05 for r in combined["rewards"])
+    unclipped = score(server, inputs=ITEMS, combine={"bert": 1.0, "gpt2": 1.0}).json()
+    assert combined["components"] == unclipped["components"]
+
+
+def test_normalize_without_statistics_is_refused_before_any_work(server: str) -> None:
+    def items_scored() -> float:
+        return sum(float(line.rsplit(" ", 1)[1]) for line in httpx.get(f"{server}/metrics").text.splitlines()
+                   if line.startswith('rmserve_items_total{model="llama"'))
+
+    before = items_scored()
+    assert score(server, model="llama", inputs=ITEMS, normalize=True).status_code == 422
+    assert httpx.post(f"{server}/v1/rank", json={"model": "llama", "prompt": "p", "responses": ["a"],
+                                                 "normalize": True}).status_code == 422
+    assert items_scored() == before

@@ -52,13 +52,11 @@ _STREAM_CHUNKS_IN_FLIGHT = 2
 def _options(request: pb.ScoreRequest | pb.RankRequest, context: grpc.aio.ServicerContext) -> ScoreOptions:
     """The request's priority and reward options; the call's deadline, if it has one, bounds its
     wait in the queue as timeout_ms does over HTTP."""
-    if request.clip < 0:
-        raise InvalidInputError("clip must be positive (0: no clipping)")
     return ScoreOptions(
         priority=request.priority if request.HasField("priority") else None,
         timeout_s=context.time_remaining(),
         normalize=request.normalize,
-        clip=request.clip or None,
+        clip=request.clip or None,  # proto3's 0 means unset
     )
 
 

@@ -8,7 +8,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from service.items import Conversation, Message, PromptResponse, RawText, ScoreInput
-from service.scoring import ScoreOptions
+from service.scoring import MAX_PRIORITY, ScoreOptions
 
 
 class _Strict(BaseModel):
@@ -39,7 +39,7 @@ ItemIn = PromptResponseIn | MessagesIn | TextIn
 
 class _Scheduling(_Strict):
     priority: int | None = Field(
-        None, ge=-1000, le=1000,
+        None, ge=-MAX_PRIORITY, le=MAX_PRIORITY,
         description="higher is served sooner; default 0 for /v1/score, 10 for /v1/rank",
     )
     timeout_ms: int | None = Field(
