@@ -74,6 +74,18 @@ def server_process(
                 process.wait()
 
 
+def metric(url: str, name: str, **labels: str) -> float:
+    """The sum of a metric's samples on the server's /metrics whose labels include `labels`."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    return sum(
+        sample.value
+        for family in text_string_to_metric_families(httpx.get(f"{url}/metrics").text)
+        for sample in family.samples
+        if sample.name == name and labels.items() <= sample.labels.items()
+    )
+
+
 def _wait(process: subprocess.Popen[str], probe: str, headers: dict[str, str]) -> None:
     deadline = time.monotonic() + STARTUP_TIMEOUT_S
     while time.monotonic() < deadline:

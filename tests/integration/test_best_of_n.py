@@ -8,26 +8,15 @@ from pathlib import Path
 
 import httpx
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
 from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
 from tests.integration.reference import reference_reward
-from tests.integration.server import running_server
+from tests.integration.server import metric, running_server
 
 PROMPT = ("explain why the water in paris is hot and how you cook pasta with good python code "
           "because the answer to this question is helpful")
 RESPONSES = ["sorry", "the water is hot because", "cook the pasta in hot water and you can help",
              "no", "because the code is good", "I cannot help with that question"]
-
-
-def metric(url: str, name: str, **labels: str) -> float:
-    """The sum of a metric's samples whose labels include `labels`."""
-    total = 0.0
-    for family in text_string_to_metric_families(httpx.get(f"{url}/metrics").text):
-        for sample in family.samples:
-            if sample.name == name and labels.items() <= sample.labels.items():
-                total += sample.value
-    return total
 
 
 def forward_passes(url: str) -> float:

@@ -17,7 +17,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
 from tests.integration.reference import reference_reward
-from tests.integration.server import free_port, server_process
+from tests.integration.server import free_port, metric, server_process
 
 BURST, CONCURRENCY, DISTINCT_TEXTS = 2_000, 256, 20
 HEALTH_TIMEOUT_S = 1.0  # a Kubernetes liveness probe's default timeout
@@ -119,13 +119,6 @@ def _send_or_refused(url: str) -> int:
         return 0
 
 
-def _queue_depth(url: str) -> float:
-    for family in text_string_to_metric_families(httpx.get(f"{url}/metrics").text):
-        if family.name == "rmserve_queue_depth":
-            return sum(sample.value for sample in family.samples)
-    return 0.0
-
-
 @pytest.mark.slow
 def test_sigterm_finishes_admitted_work_refuses_new_work_and_exits_zero_in_time(
     tmp_path: Path, tiny_model_dirs: dict[str, Path]
@@ -140,9 +133,9 @@ def test_sigterm_finishes_admitted_work_refuses_new_work_and_exits_zero_in_time(
             admitted = [asyncio.create_task(client.post(
                 "/v1/score", json={"inputs": [{"text": f"admitted {i}"}]})) for i in range(in_flight)]
             deadline = time.monotonic() + 10
-            while _queue_depth(url) < in_flight and time.monotonic() < deadline:
+            while metric(url, "rmserve_queue_depth") < in_flight and time.monotonic() < deadline:
                 await asyncio.sleep(0.05)
-            assert _queue_depth(url) == in_flight, "the requests were not queued in time"
+            assert metric(url, "rmserve_queue_depth") == in_flight, "the requests were not queued in time"
             process.send_signal(signal.SIGTERM)
             await asyncio.sleep(0.2)  # the signal handler runs in the server's own loop
             late = [await asyncio.to_thread(_send_or_refused, url) for _ in range(3)]

@@ -12,7 +12,7 @@ import httpx
 import pytest
 
 from tests.integration.reference import mixed_items
-from tests.integration.server import running_server
+from tests.integration.server import metric, running_server
 
 # OpenRLHF-style statistics in config.json, honoured as the model's normalisation.
 STATISTICS = {"bert": (0.25, 2.0), "gpt2": (-0.5, 0.5)}
@@ -120,8 +120,7 @@ def test_combined_rewards_are_clipped_as_a_sum(server: str) -> None:
 
 def test_normalize_without_statistics_is_refused_before_any_work(server: str) -> None:
     def items_scored() -> float:
-        return sum(float(line.rsplit(" ", 1)[1]) for line in httpx.get(f"{server}/metrics").text.splitlines()
-                   if line.startswith('rmserve_items_total{model="llama"'))
+        return metric(server, "rmserve_items_total", model="llama")
 
     before = items_scored()
     assert score(server, model="llama", inputs=ITEMS, normalize=True).status_code == 422
