@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, PrivateAttr, field_validator, model_validator
 from pydantic_settings import BaseSettings, CliSuppress, NoDecode, SettingsConfigDict
 
 from model_store.demo.build import DEMO_MODEL
 from model_store.store import DEFAULT_STORE
+from service.api.auth import ApiKeyConfigError, is_loopback, keys_from_env, keys_from_file, split_keys
 
 DEFAULT_MODEL = DEMO_MODEL
 
@@ -114,12 +116,35 @@ class Settings(BaseSettings):
     @field_validator("api_keys", mode="before")
     @classmethod
     def _comma_separated(cls, value: object) -> object:
-        return [key.strip() for key in value.split(",") if key.strip()] if isinstance(value, str) else value
+        return split_keys(value) if isinstance(value, str) else value
+
+    # Read once, when the settings are made, so that a bad key source stops the start.
+    _keys: list[str] = PrivateAttr(default_factory=list)
+
+    @model_validator(mode="after")
+    def _api_keys_fail_closed(self) -> Settings:
+        """A key source that is set must hold keys, and protecting a path needs a key: either
+        mistake would otherwise leave the server open while its operator thinks it closed."""
+        keys = keys_from_env(self.api_keys) if "api_keys" in self.model_fields_set else []
+        if self.api_keys_file is not None:
+            keys += keys_from_file(self.api_keys_file)
+        protected = [flag for flag, on in [("--protect-health", self.protect_health),
+                                           ("--protect-metrics", self.protect_metrics)] if on]
+        if protected and not keys:
+            raise ApiKeyConfigError(
+                f"{' and '.join(protected)}: protecting a path needs API keys, and none is "
+                "configured: set RMSERVE_API_KEYS or --api-keys-file"
+            )
+        self._keys = keys
+        return self
 
     def all_api_keys(self) -> list[str]:
-        """Keys from RMSERVE_API_KEYS and --api-keys-file; empty means no authentication."""
-        keys = list(self.api_keys)
-        if self.api_keys_file is not None:
-            lines = self.api_keys_file.read_text().splitlines()
-            keys += [line.strip() for line in lines if line.strip() and not line.startswith("#")]
-        return keys
+        """Keys from RMSERVE_API_KEYS and --api-keys-file; empty means no authentication, which
+        is logged as a warning when the server is reachable from other machines. Called once, at
+        start, by the composition root."""
+        if not self._keys and not is_loopback(self.host):
+            logging.getLogger("rmserve.auth").warning(
+                "no API keys configured and binding %s: anyone who can reach this server can score "
+                "and list models; set RMSERVE_API_KEYS or --api-keys-file", self.host,
+            )
+        return list(self._keys)

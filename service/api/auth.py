@@ -1,15 +1,90 @@
-"""API keys: `Authorization: Bearer KEY`, checked in constant time, for HTTP and gRPC alike."""
+"""API keys: `Authorization: Bearer KEY`, checked in constant time, for HTTP and gRPC alike.
+
+Key configuration fails closed: a key source that is set but holds no usable key is an error,
+never "no authentication".
+"""
 
 from __future__ import annotations
 
 import hmac
+import ipaddress
+import re
+from pathlib import Path
 
 UNAUTHORIZED_MESSAGE = "missing or invalid API key: send the header `Authorization: Bearer <key>`"
+# Visible ASCII only: what an HTTP header and gRPC metadata carry unchanged. A key with a space
+# would also be a sign of a misread line ("key # comment").
+_KEY_PATTERN = re.compile(r"[\x21-\x7e]+")
+
+
+class ApiKeyConfigError(ValueError):
+    """API keys configured in a way that would weaken authentication (a ValueError, so that
+    pydantic reports it as a settings error)."""
+
+
+def check_key(key: str, where: str) -> str:
+    """`key`, or an error naming `where` it came from (never the key itself: it is a secret)."""
+    if not _KEY_PATTERN.fullmatch(key):
+        raise ApiKeyConfigError(
+            f"{where}: an API key must be visible ASCII characters, without spaces or control "
+            "characters (comments go on their own line, starting with #)"
+        )
+    return key
+
+
+def split_keys(value: str) -> list[str]:
+    """RMSERVE_API_KEYS: comma-separated keys, blanks around them ignored."""
+    entries = [entry.strip() for entry in value.split(",")]
+    return [entry for entry in entries if entry]
+
+
+def keys_from_env(keys: list[str]) -> list[str]:
+    """The keys of RMSERVE_API_KEYS, which is set: at least one, each well-formed."""
+    if not keys:
+        raise ApiKeyConfigError(
+            "RMSERVE_API_KEYS is set but holds no key (only commas or blanks): set at least one "
+            "key, or unset it to run without authentication"
+        )
+    return [check_key(key, f"RMSERVE_API_KEYS, key {number}") for number, key in enumerate(keys, 1)]
+
+
+def keys_from_file(path: Path) -> list[str]:
+    """One key per line; blank lines and lines starting with # (after any indentation) are
+    skipped. A file that holds no key is an error."""
+    try:
+        text = path.read_text(encoding="utf-8-sig")  # -sig: an editor's byte order mark is no key
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ApiKeyConfigError(f"--api-keys-file {path}: cannot read it: {exc}") from exc
+    keys = [
+        check_key(entry, f"--api-keys-file {path}, line {number}")
+        for number, line in enumerate(text.splitlines(), 1)
+        if (entry := line.strip()) and not entry.startswith("#")
+    ]
+    if not keys:
+        raise ApiKeyConfigError(
+            f"--api-keys-file {path} holds no key (only blank lines and # comments): add one key "
+            "per line, or drop the option to run without authentication"
+        )
+    return keys
+
+
+def is_loopback(host: str) -> bool:
+    """Whether binding `host` keeps the server to this machine."""
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:  # a host name (or "", all interfaces): assume reachable from outside
+        return False
 
 
 class ApiKeys:
+    """The configured keys, and whether a request's Authorization header carries one of them.
+    No keys means authentication is off (the caller warns about that where it matters)."""
+
     def __init__(self, keys: list[str]) -> None:
-        self._keys = [key.encode() for key in keys]
+        # An empty key would let in `Authorization: Bearer ` with nothing after it.
+        self._keys = [check_key(key, f"API key {number}").encode() for number, key in enumerate(keys, 1)]
 
     @property
     def enabled(self) -> bool:
