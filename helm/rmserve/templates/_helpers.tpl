@@ -43,12 +43,55 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 {{- printf "%s:%s" .Values.image.repository $tag }}
 {{- end }}
 
-{{/* Name of the Secret holding RMSERVE_API_KEYS, empty when there are no keys. */}}
+{{/* Name of the Secret holding RMSERVE_API_KEYS, empty when there are no keys. Fails the render
+where the keys asked for would not protect the server (see rmserve.checkApiKeys). */}}
 {{- define "rmserve.apiKeysSecret" -}}
+{{- include "rmserve.checkApiKeys" . }}
 {{- if .Values.apiKeys.existingSecret }}
 {{- .Values.apiKeys.existingSecret }}
 {{- else if .Values.apiKeys.keys }}
 {{- include "rmserve.fullname" . }}-api-keys
+{{- end }}
+{{- end }}
+
+{{/* Fail closed: a key setting that would leave the server open (or not starting) while keys were
+asked for fails the render, with what to change. The server refuses the same settings at start
+(an empty RMSERVE_API_KEYS, say), which covers what a render cannot see. */}}
+{{- define "rmserve.checkApiKeys" -}}
+{{- $apiKeys := .Values.apiKeys }}
+{{- if and $apiKeys.keys $apiKeys.existingSecret }}
+{{- fail "apiKeys: set keys or existingSecret, not both (keys would be ignored)" }}
+{{- end }}
+{{- range $index, $key := $apiKeys.keys }}
+{{- /* Visible ASCII but the comma, which would split the key in two. */}}
+{{- if not (regexMatch `^[\x21-\x2b\x2d-\x7e]+$` (toString $key)) }}
+{{- fail (printf "apiKeys.keys[%d] is empty or holds a space, a comma or a non-ASCII character: the server would refuse it" $index) }}
+{{- end }}
+{{- end }}
+{{- with $apiKeys.existingSecret }}
+{{- $secretKey := required "apiKeys.existingSecretKey: name the key of apiKeys.existingSecret that holds the comma-separated API keys" $apiKeys.existingSecretKey }}
+{{- /* Only an install or upgrade against a cluster sees the Secret; `helm template` gets nothing. */}}
+{{- $secret := lookup "v1" "Secret" $.Release.Namespace . }}
+{{- if $secret }}
+{{- $value := get ($secret.data | default dict) $secretKey | b64dec }}
+{{- $usable := false }}
+{{- range splitList "," $value }}
+{{- if trim . }}{{ $usable = true }}{{ end }}
+{{- end }}
+{{- if not $usable }}
+{{- fail (printf "apiKeys.existingSecret: Secret %s has no API key under %q (missing, empty or only commas); the server would refuse to start" . $secretKey) }}
+{{- end }}
+{{- end }}
+{{- end }}
+{{- $fileKeys := hasKey .Values.config "RMSERVE_API_KEYS_FILE" }}
+{{- range .Values.extraEnv }}
+{{- if eq (toString .name) "RMSERVE_API_KEYS" }}
+{{- fail "extraEnv: set RMSERVE_API_KEYS with apiKeys.existingSecret (or apiKeys.keys), not extraEnv" }}
+{{- end }}
+{{- if eq (toString .name) "RMSERVE_API_KEYS_FILE" }}{{ $fileKeys = true }}{{ end }}
+{{- end }}
+{{- if and .Values.config.RMSERVE_PROTECT_METRICS (not (or $apiKeys.keys $apiKeys.existingSecret $fileKeys)) }}
+{{- fail "config.RMSERVE_PROTECT_METRICS needs API keys: set apiKeys.existingSecret (or apiKeys.keys)" }}
 {{- end }}
 {{- end }}
 
