@@ -3,14 +3,29 @@
 from __future__ import annotations
 
 import hashlib
+import os
+import stat
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, field_validator
 
 MANIFEST_FILE = "manifest.json"
 _CHUNK_BYTES = 1 << 20
+
+
+def is_plain_relative(path: str) -> bool:
+    """A forward-slash path that stays inside its folder: no root, no '..', '.' or empty parts."""
+    parts = path.split("/")
+    return bool(path) and "\\" not in path and all(p not in ("", ".", "..") for p in parts)
+
+
+def _checked_relative(path: str) -> str:
+    # A manifest naming ../x would have verification (and loading) read outside the version.
+    if not is_plain_relative(path):
+        raise ValueError(f"{path!r} is not a relative path inside the version folder")
+    return path
 
 
 class Normalization(BaseModel):
@@ -35,6 +50,11 @@ class OnnxExport(BaseModel):
     exporter: str
     created: datetime = Field(default_factory=lambda: datetime.now(UTC))
 
+    @field_validator("file")
+    @classmethod
+    def _inside_the_version(cls, file: str) -> str:
+        return _checked_relative(file)
+
 
 class Manifest(BaseModel):
     """What a stored model version is, where it came from and how to check it is intact."""
@@ -53,6 +73,13 @@ class Manifest(BaseModel):
     preferred_backend: Literal["torch", "onnx"] = Field(
         "torch", description="what `rmserve serve --backend auto` runs this model with"
     )
+
+    @field_validator("files")
+    @classmethod
+    def _paths_inside_the_version(cls, files: dict[str, str]) -> dict[str, str]:
+        for path in files:
+            _checked_relative(path)
+        return files
 
     @property
     def ref(self) -> str:
@@ -74,10 +101,34 @@ def sha256_of(path: Path) -> str:
     return digest.hexdigest()
 
 
+def folder_entries(folder: Path) -> dict[str, str]:
+    """Every entry below `folder` that is not a directory, as relative path -> kind ('file',
+    'link' or 'other'), found without following symbolic links, the manifest excepted.
+
+    Directories are walked, not listed: only what can be read as a file matters. A link to a
+    directory is listed (as 'link'), never entered.
+    """
+    entries: dict[str, str] = {}
+    for dirpath, dirnames, filenames in os.walk(folder):
+        base = Path(dirpath)
+        for name in [*dirnames, *filenames]:
+            path = base / name
+            mode = path.lstat().st_mode
+            if stat.S_ISDIR(mode):
+                continue
+            relative = path.relative_to(folder).as_posix()
+            if relative != MANIFEST_FILE:
+                entries[relative] = (
+                    "link" if stat.S_ISLNK(mode) else "file" if stat.S_ISREG(mode) else "other"
+                )
+    return dict(sorted(entries.items()))
+
+
 def checksum_files(folder: Path) -> dict[str, str]:
-    """sha256 of every file below `folder` except the manifest itself."""
+    """sha256 of every regular file below `folder` except the manifest itself (links and special
+    files are the caller's to refuse first: see `folder_entries`)."""
     return {
-        path.relative_to(folder).as_posix(): sha256_of(path)
-        for path in sorted(folder.rglob("*"))
-        if path.is_file() and path.name != MANIFEST_FILE
+        relative: sha256_of(folder / relative)
+        for relative, kind in folder_entries(folder).items()
+        if kind == "file"
     }

@@ -11,11 +11,28 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from model_store.manifest import MANIFEST_FILE, Manifest, Normalization, checksum_files, sha256_of
+from pydantic import ValidationError
+
+from model_store.manifest import (
+    MANIFEST_FILE,
+    Manifest,
+    Normalization,
+    checksum_files,
+    folder_entries,
+    sha256_of,
+)
 
 DEFAULT_STORE = Path("~/.cache/rmserve/models")  # expanded when used, not at import
-_NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
-_VERSION_PATTERN = re.compile(r"^v(\d+)$")
+# Always used with fullmatch: `$` would also accept a trailing newline. No '/' or '\\', and the
+# first character is no '.', so a name or version is one folder inside the store, never '..'.
+_NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
+_VERSION_PATTERN = re.compile(r"v(\d+)")
+_NAME_RULE = "1 to 128 letters, digits, '.', '_' or '-', starting with a letter or digit"
+# What the store itself leaves at the top of a version while it works (see add_folder and
+# update_manifest); nothing loads from them, so verification does not count them as model files.
+_WORK_PREFIXES = (".staging-", ".retired-", f".{MANIFEST_FILE}.tmp")
+# Never copied into the store on import.
+_NOT_IMPORTED = (MANIFEST_FILE, ".git", ".cache")
 # Tokenizers report a huge sentinel when they have no length limit of their own.
 _UNLIMITED_LENGTH = 1_000_000
 
@@ -38,8 +55,29 @@ def parse_ref(ref: str) -> tuple[str, str | None]:
     return name, version or None
 
 
+def is_valid_name(name: str) -> bool:
+    """Whether `name` may be a model name or version in the store (one plain folder name)."""
+    return _NAME_PATTERN.fullmatch(name) is not None
+
+
+def check_name(value: str, what: str) -> str:
+    if not is_valid_name(value):
+        raise ModelStoreError(f"invalid {what} {value!r}: use {_NAME_RULE}")
+    return value
+
+
+def checked_ref(ref: str) -> tuple[str, str | None]:
+    """parse_ref, refusing anything that is not a plain NAME[:VERSION] (no paths, no newlines)."""
+    name, version = parse_ref(ref)
+    if not is_valid_name(name) or (version is not None and not is_valid_name(version)):
+        raise ModelStoreError(
+            f"invalid model reference {ref!r}: a store reference is NAME[:VERSION], each {_NAME_RULE}"
+        )
+    return name, version
+
+
 def _version_key(version: str) -> tuple[int, int | str]:
-    match = _VERSION_PATTERN.match(version)
+    match = _VERSION_PATTERN.fullmatch(version)
     return (1, int(match.group(1))) if match else (0, version)
 
 
@@ -52,26 +90,33 @@ class ModelStore:
     def names(self) -> list[str]:
         if not self.root.is_dir():
             return []
-        return sorted(p.name for p in self.root.iterdir() if p.is_dir() and not p.name.startswith("."))
+        return sorted(p.name for p in self.root.iterdir() if p.is_dir() and is_valid_name(p.name))
 
     def versions(self, name: str) -> list[str]:
+        if not is_valid_name(name):
+            return []
         folder = self.root / name
         if not folder.is_dir():
             return []
-        found = [p.name for p in folder.iterdir() if (p / MANIFEST_FILE).is_file()]
+        found = [p.name for p in folder.iterdir()
+                 if is_valid_name(p.name) and (p / MANIFEST_FILE).is_file()]
         return sorted(found, key=_version_key)
 
     def list(self) -> list[StoredModel]:
         return [self.get(f"{n}:{v}") for n in self.names() for v in self.versions(n)]
 
     def contains(self, ref: str) -> bool:
-        name, version = parse_ref(ref)
+        """Whether `ref` is a valid store reference to a stored version (False for a path)."""
+        try:
+            name, version = checked_ref(ref)
+        except ModelStoreError:
+            return False
         versions = self.versions(name)
         return bool(versions) and (version is None or version in versions)
 
     def get(self, ref: str) -> StoredModel:
         """Resolve 'name[:version]' (latest when no version) without verifying checksums."""
-        name, version = parse_ref(ref)
+        name, version = checked_ref(ref)
         versions = self.versions(name)
         if not versions:
             known = ", ".join(self.names()) or "none"
@@ -81,27 +126,32 @@ class ModelStore:
             raise ModelStoreError(
                 f"model {name!r} has no version {version!r} (versions: {', '.join(versions)})"
             )
-        path = self.root / name / version
-        return StoredModel(path=path, manifest=Manifest.read(path))
+        path = self._inside_root(self.root / name / version)
+        return StoredModel(path=path, manifest=_read_manifest(path))
+
+    def _inside_root(self, path: Path) -> Path:
+        # Names are plain folder names, but a symbolic link in the store could still lead out.
+        root = self.root.resolve()
+        if not path.resolve().is_relative_to(root):
+            raise ModelStoreError(
+                f"{path} resolves outside the store root {root} (a symbolic link?); refusing it"
+            )
+        return path
 
     def verify(self, stored: StoredModel) -> None:
-        """Refuse a model whose files are missing or differ from the manifest's checksums."""
-        ref = stored.manifest.ref
+        """Refuse a model whose set of files or their contents differ from the manifest's: a file
+        missing, changed, added (even one the loader picks up by name, like chat_template.jinja),
+        or replaced by a symbolic link."""
+        present = {
+            relative: kind for relative, kind in folder_entries(stored.path).items()
+            if not relative.startswith(_WORK_PREFIXES)
+        }
+        _refuse_unlisted(stored, sorted(set(present) - set(stored.manifest.files)))
         for relative, expected in stored.manifest.files.items():
-            path = stored.path / relative
-            if not path.is_file():
-                raise ModelStoreError(
-                    f"model {ref} is incomplete: {relative} is missing from {stored.path}; "
-                    "re-import it"
-                )
-            if sha256_of(path) != expected:
-                raise ModelStoreError(
-                    f"model {ref} failed its checksum: {relative} was modified after it was stored "
-                    f"(expected sha256 {expected[:12]}…); re-import it"
-                )
+            _check_file(stored, relative, present.get(relative), expected)
 
     def next_version(self, name: str) -> str:
-        numbers = [int(m.group(1)) for v in self.versions(name) if (m := _VERSION_PATTERN.match(v))]
+        numbers = [int(m.group(1)) for v in self.versions(name) if (m := _VERSION_PATTERN.fullmatch(v))]
         return f"v{max(numbers, default=0) + 1}"
 
     def publish(
@@ -120,22 +170,18 @@ class ModelStore:
         Readers never see a half-written version: everything is written in a temporary
         folder beside the target and moved with one rename.
         """
-        if not _NAME_PATTERN.match(name):
-            raise ModelStoreError(f"invalid model name {name!r}: use letters, digits, '.', '_', '-'")
-        version = version or self.next_version(name)
-        if not _NAME_PATTERN.match(version):
-            raise ModelStoreError(f"invalid version {version!r}: use letters, digits, '.', '_', '-'")
+        check_name(name, "model name")
+        version = check_name(self.next_version(name) if version is None else version, "version")
         target = self.root / name / version
         if target.exists():
             raise ModelStoreError(f"{name}:{version} already exists in {self.root}")
         config = read_config(source_folder)
+        refuse_links(source_folder)
         target.parent.mkdir(parents=True, exist_ok=True)
+        self._inside_root(target.parent)
         staging = Path(tempfile.mkdtemp(prefix=f".{version}-", dir=target.parent))
         try:
-            shutil.copytree(
-                source_folder, staging, dirs_exist_ok=True,
-                ignore=shutil.ignore_patterns(MANIFEST_FILE, ".git", ".cache"),
-            )
+            _copy_regular_files(source_folder, staging)
             manifest = Manifest(
                 name=name,
                 version=version,
@@ -184,18 +230,93 @@ class ModelStore:
         return StoredModel(path=stored.path, manifest=manifest)
 
 
+def _refuse_unlisted(stored: StoredModel, unlisted: list[str]) -> None:
+    if unlisted:
+        shown = ", ".join(unlisted[:5]) + (f" and {len(unlisted) - 5} more" if len(unlisted) > 5 else "")
+        raise ModelStoreError(
+            f"model {stored.manifest.ref} has files its manifest does not list: {shown} in "
+            f"{stored.path}; remove them, or re-import the model to include them"
+        )
+
+
+def _check_file(stored: StoredModel, relative: str, kind: str | None, expected: str) -> None:
+    ref = stored.manifest.ref
+    if kind is None:
+        raise ModelStoreError(
+            f"model {ref} is incomplete: {relative} is missing from {stored.path}; re-import it"
+        )
+    if kind != "file":
+        raise ModelStoreError(
+            f"model {ref} is not intact: {relative} in {stored.path} is no longer a regular file "
+            f"(a symbolic link or special file); re-import it"
+        )
+    if sha256_of(stored.path / relative) != expected:
+        raise ModelStoreError(
+            f"model {ref} failed its checksum: {relative} was modified after it was stored "
+            f"(expected sha256 {expected[:12]}…); re-import it"
+        )
+
+
+def refuse_links(folder: Path) -> None:
+    """Refuse a folder to import that holds a symbolic link or a special file (what would be
+    copied in is whatever the link points to, anywhere on the machine, or a device's stream)."""
+    for relative, kind in folder_entries(folder).items():
+        if not set(relative.split("/")).isdisjoint(_NOT_IMPORTED):
+            continue  # not copied (shutil.ignore_patterns matches a name at any depth)
+        path = folder / relative
+        if kind == "link":
+            raise ModelStoreError(
+                f"cannot import {folder}: {path} is a symbolic link (to {os.readlink(path)}); the store "
+                "copies regular files only: replace the link with the file it points to (cp -L)"
+            )
+        if kind != "file":
+            raise ModelStoreError(f"cannot import {folder}: {path} is not a regular file")
+
+
+def _copy_regular_files(source: Path, staging: Path) -> None:
+    # symlinks=True: a link that appeared after refuse_links is copied as a link, never followed,
+    # and the manifest's own walk then refuses it.
+    try:
+        shutil.copytree(source, staging, dirs_exist_ok=True, symlinks=True,
+                        ignore=shutil.ignore_patterns(*_NOT_IMPORTED))
+    except (shutil.Error, OSError) as exc:
+        raise ModelStoreError(f"cannot import {source}: copying failed: {exc}") from exc
+    refuse_links(staging)
+
+
+def _read_manifest(path: Path) -> Manifest:
+    try:
+        return Manifest.read(path)
+    except (OSError, UnicodeDecodeError, ValidationError) as exc:
+        reason = "; ".join(e["msg"] for e in exc.errors()[:3]) if isinstance(exc, ValidationError) else exc
+        raise ModelStoreError(f"{path / MANIFEST_FILE} is unreadable or invalid: {reason}") from exc
+
+
+def read_json_object(path: Path) -> dict[str, Any]:
+    """A JSON object from a model folder, or a ModelStoreError naming the file."""
+    try:
+        value = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ModelStoreError(f"cannot read {path}: {exc}") from exc
+    except json.JSONDecodeError as exc:
+        raise ModelStoreError(f"{path} is not valid JSON: {exc}") from exc
+    if not isinstance(value, dict):
+        raise ModelStoreError(f"{path} is not valid: expected a JSON object, got {type(value).__name__}")
+    return value
+
+
 def read_config(folder: Path) -> dict[str, Any]:
     config_path = folder / "config.json"
     if not config_path.is_file():
         raise ModelStoreError(f"{folder} is not a Hugging Face model folder: no config.json")
-    return json.loads(config_path.read_text())
+    return read_json_object(config_path)
 
 
 def max_length_of(folder: Path, config: dict[str, Any]) -> int:
     """The tokenizer's limit when it states one, else the model's position table."""
     tokenizer_config = folder / "tokenizer_config.json"
     if tokenizer_config.is_file():
-        limit = json.loads(tokenizer_config.read_text()).get("model_max_length")
+        limit = read_json_object(tokenizer_config).get("model_max_length")
         if isinstance(limit, int | float) and 0 < limit < _UNLIMITED_LENGTH:
             return int(limit)
     positions = config.get("max_position_embeddings") or config.get("n_positions")

@@ -9,7 +9,7 @@ from typing import Any, Literal
 from transformers import AutoTokenizer
 
 from model_store.onnx_export import GRAPH_FILE
-from model_store.store import ModelStore, ModelStoreError, max_length_of, read_config
+from model_store.store import ModelStore, ModelStoreError, check_name, max_length_of, read_config
 
 BackendName = Literal["torch", "onnx"]
 
@@ -44,8 +44,10 @@ def locate_model(arg: str, store: ModelStore, backend: BackendName | Literal["au
     `auto` picks the backend the manifest prefers (torch for plain folders).
     """
     alias, ref = parse_model_arg(arg)
-    folder = Path(ref).expanduser()
-    if folder.is_dir():
+    if alias is not None:
+        check_name(alias, f"model alias in {arg!r} (ALIAS=REF)")
+    folder = _as_folder(ref, store)
+    if folder is not None:
         config = read_config(folder)
         source = ModelSource(
             alias or folder.name, "local", folder, max_length_of(folder, config),
@@ -69,6 +71,27 @@ def locate_model(arg: str, store: ModelStore, backend: BackendName | Literal["au
             f"{ref} has no ONNX export ({GRAPH_FILE}): run `rmserve models export-onnx {ref}` first"
         )
     return source
+
+
+def _as_folder(ref: str, store: ModelStore) -> Path | None:
+    """The folder `ref` names, or None when it is a store reference (checked strictly by the store).
+
+    An empty ref would be the working directory, and a folder that shares its name with a stored
+    model would be served, unverified, in its place: both are refused rather than guessed.
+    """
+    if not ref.strip():
+        raise ModelStoreError("empty model reference: give NAME[:VERSION] from the store or a folder")
+    folder = Path(ref).expanduser()
+    if not folder.is_dir():
+        return None
+    if store.contains(ref):
+        if folder.resolve().is_relative_to(store.root.resolve()):
+            return None  # run from inside the store: the name's own folder there, not a model
+        raise ModelStoreError(
+            f"{ref!r} is both a folder here and a model in the store {store.root}: write ./{ref} "
+            "for the folder, or run from another directory for the stored model"
+        )
+    return folder
 
 
 def _config_statistics(config: dict[str, Any]) -> tuple[float, float] | None:
