@@ -128,6 +128,9 @@ def main(argv: list[str] | None = None) -> int:
     except (ModelStoreError, BackendUnavailableError) as exc:
         print(f"rmserve: {exc}", file=sys.stderr)
         return 1
+    except OSError as exc:  # a file or folder the user named (its path is in the message)
+        print(f"rmserve: {exc}", file=sys.stderr)
+        return 1
     except ValidationError as exc:  # inconsistent settings: say which, without a traceback
         problems = "; ".join(
             ("--" + str(e["loc"][0]).replace("_", "-") + ": " if e["loc"] else "")
