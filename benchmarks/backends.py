@@ -42,9 +42,9 @@ from model_store.store import DEFAULT_STORE, ModelStore
 from service.backends.base import EncodedPair
 from service.backends.onnx_backend import OnnxBackend
 from service.backends.torch_backend import TorchBackend
-from service.formatting import InputFormatter
-from service.items import PromptResponse
 from service.loading import load_tokenizer, locate_model
+from service.scoring.formatting import InputFormatter
+from service.scoring.items import PromptResponse
 
 BATCH_SIZES = (1, 8, 32)
 LENGTHS = (32, 128, 512)

@@ -21,9 +21,9 @@ from hh_rlhf import HH_DATA, preference_rows, split_transcript
 
 from model_store.store import DEFAULT_STORE, ModelStore
 from service.backends.torch_backend import TorchBackend
-from service.formatting import InputFormatter
-from service.items import PromptResponse
 from service.loading import load_tokenizer, locate_model
+from service.scoring.formatting import InputFormatter
+from service.scoring.items import PromptResponse
 
 BATCH = 16
 

@@ -6,13 +6,13 @@ import argparse
 import json
 import os
 import sys
+from importlib.metadata import entry_points
 from pathlib import Path
 
 from pydantic import ValidationError
 
 from model_store.store import DEFAULT_STORE, ModelStore, ModelStoreError
 from service.backends.onnx_backend import BackendUnavailableError
-from service.quality.commands import add_commands as add_quality_commands
 
 
 def _store_root(arg: Path | None) -> Path:
@@ -24,7 +24,8 @@ def _serve(argv: list[str]) -> int:
     from transformers.utils import logging as hf_logging
 
     from model_store.demo.build import build_demo
-    from service.app import create_app, locate_models
+    from service.app import create_app
+    from service.lifecycle import locate_models
     from service.logs import configure_logging
     from service.serving import DrainingServer
     from service.settings import Settings
@@ -112,7 +113,10 @@ def _parser() -> argparse.ArgumentParser:
     export.add_argument("--prefer", action="store_true",
                         help="make ONNX this version's preferred backend (`serve --backend auto`)")
     actions.add_parser("build-demo", help="train the embedded demo-minilm-rm model (once)")
-    add_quality_commands(commands, actions)  # train, eval, models calibrate
+    # Offline tools register their own subcommands (rmserve_train: train, eval, models calibrate), so
+    # the server never imports them.
+    for plugin in entry_points(group="rmserve.commands"):
+        plugin.load()(commands, actions)
     return parser
 
 

@@ -20,7 +20,6 @@ from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from service.batching.batcher import BatchReport
-from service.request_record import RequestRecord
 
 # Sub-millisecond to tens of seconds.
 _LATENCY_BUCKETS_S = (
@@ -39,7 +38,8 @@ class Metrics:
         r = self.registry
         per_request = ["model", "version", "endpoint"]
         self.requests = Counter(
-            "rmserve_requests", "HTTP requests answered", [*per_request, "code"], registry=r
+            "rmserve_requests", "Requests answered (HTTP requests and gRPC calls)", [*per_request, "code"],
+            registry=r,
         )
         self.errors = Counter(
             "rmserve_errors", "Requests answered with an error, by error type",
@@ -107,13 +107,16 @@ class Metrics:
         r.register(self.device_memory)
         ProcessCollector(registry=r)
 
-    def count_request(self, record: RequestRecord, code: str, *, failed: bool, duration_s: float) -> None:
-        """One answered request (HTTP or gRPC), by model, version, endpoint and status code."""
-        labels = {"model": record.model, "version": record.version, "endpoint": record.endpoint}
+    def count_request(
+        self, *, model: str, version: str, endpoint: str, code: str, error_type: str | None, duration_s: float
+    ) -> None:
+        """One answered request (HTTP or gRPC), by model, version, endpoint and status code; an
+        error (`error_type` given) is counted by its type too."""
+        labels = {"model": model, "version": version, "endpoint": endpoint}
         self.requests.labels(**labels, code=code).inc()
         self.request_duration.labels(**labels).observe(duration_s)
-        if failed:
-            self.errors.labels(**labels, type=record.error_type or "error").inc()
+        if error_type is not None:
+            self.errors.labels(**labels, type=error_type).inc()
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

@@ -14,9 +14,12 @@ from transformers import AutoModelForSequenceClassification
 
 from service.backends.base import BackendInfo, EncodedPair
 from service.backends.padding import PaddedBatch
+from service.batching.policy import BatchLimits, chunk_by_length
 
 # Prompts whose keys and values are kept for the next batch: a few, each at most max_length tokens.
 _RECENT_PREFIXES = 8
+# Continuations of one prompt are all known at once: cut them into chunks padded by at most 20 %.
+_CONTINUATION_CHUNKS = BatchLimits(max_pairs=2**31, max_tokens=2**62, max_padding_fraction=0.2)
 _DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
 
@@ -70,7 +73,10 @@ class TorchBackend:
         dtype: str = "auto",
         trust_remote_code: bool = False,
         prefix_sharing: bool = True,
+        threads: int = 0,
     ) -> TorchBackend:
+        if threads:  # 0: torch's default, one per core
+            torch.set_num_threads(threads)
         torch_device = resolve_device(device)
         if torch_device.type == "cuda":
             # cuDNN's attention builds a new graph for every (batch, length) shape it meets, about
@@ -120,7 +126,7 @@ class TorchBackend:
         with torch.inference_mode():
             cache = self._prefix_cache(base, prefix)
             rewards = [0.0] * len(rows)
-            for chunk in _similar_lengths(rows):
+            for chunk in chunk_by_length([row.own_length for row in rows], _CONTINUATION_CHUNKS):
                 computed = self._continue(base, copy.deepcopy(cache), len(prefix), [rows[i] for i in chunk])
                 for index, reward in zip(chunk, computed, strict=True):
                     rewards[index] = reward
@@ -179,19 +185,3 @@ class TorchBackend:
         hidden = base(**inputs, use_cache=False).last_hidden_state
         last = hidden[torch.arange(hidden.shape[0], device=hidden.device), lengths - 1]
         return self._last_token_head(last)[:, 0]
-
-
-def _similar_lengths(rows: Sequence[EncodedPair], max_padding: float = 0.2) -> list[list[int]]:
-    """Row indices in chunks, longest first, each padded by at most `max_padding` of its tokens."""
-    order = sorted(range(len(rows)), key=lambda i: -rows[i].own_length)
-    chunks: list[list[int]] = []
-    for index in order:
-        if chunks:
-            chunk = chunks[-1]
-            width = rows[chunk[0]].own_length
-            real = sum(rows[i].own_length for i in chunk) + rows[index].own_length
-            if (len(chunk) + 1) * width - real <= max_padding * (len(chunk) + 1) * width:
-                chunk.append(index)
-                continue
-        chunks.append([index])
-    return chunks

@@ -1,8 +1,11 @@
-"""The batching loop: owns the pending queue, timing, futures and the worker thread."""
+"""The batching loop: owns the pending queue, timing, futures and the worker threads. What goes
+into each batch is decided by the pure policy (service.batching.policy); results and timings
+come back as values."""
 
 from __future__ import annotations
 
 import asyncio
+import itertools
 import math
 import time
 from collections.abc import Callable, Sequence
@@ -11,7 +14,7 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 from service.backends.base import EncodedPair
-from service.batching.policy import BatchLimits, select_batch
+from service.batching.policy import BatchLimits, anchor_index, batch_is_full, select_batch
 
 
 class QueueFullError(Exception):
@@ -38,13 +41,33 @@ class BatchReport:
     queue_depth: int
 
 
-@dataclass
-class RequestTiming:
+@dataclass(frozen=True)
+class Timing:
     """Where one request's time went: the longest wait of its items, and the forward passes
     that carried them (summed: a request split over batches waits for all of them)."""
 
     queue_s: float = 0.0
     compute_s: float = 0.0
+
+    def __add__(self, other: Timing) -> Timing:
+        """Work done for one request in two places (e.g. two models of a combination)."""
+        return Timing(max(self.queue_s, other.queue_s), self.compute_s + other.compute_s)
+
+
+@dataclass(frozen=True)
+class BatchedRewards:
+    """A request's rewards, in the order its items were submitted, and its timing."""
+
+    rewards: list[float]
+    timing: Timing
+
+
+@dataclass(frozen=True, slots=True)
+class _Computed:
+    reward: float
+    queue_s: float
+    batch: int  # which forward pass computed it
+    compute_s: float  # how long that pass took
 
 
 class BatchObserver(Protocol):
@@ -56,21 +79,37 @@ class BatchObserver(Protocol):
 @dataclass(eq=False)
 class _Pending:
     pair: EncodedPair
-    future: asyncio.Future[float]
-    timing: RequestTiming | None = None
+    future: asyncio.Future[_Computed]
     priority: int = 0
     enqueued_s: float = field(default_factory=time.monotonic)
 
 
+class Submission:
+    """One request's items in the queue."""
+
+    def __init__(self, futures: list[asyncio.Future[_Computed]]) -> None:
+        self._futures = futures
+
+    async def outcome(self) -> BatchedRewards:
+        """Every item's reward, once all are computed (a failed forward pass raises here)."""
+        computed = await asyncio.gather(*self._futures)
+        passes = {item.batch: item.compute_s for item in computed}
+        timing = Timing(max(item.queue_s for item in computed), sum(passes.values()))
+        return BatchedRewards([item.reward for item in computed], timing)
+
+    def cancel(self) -> int:
+        """Drop the items not yet computed (they never reach a forward pass); how many were."""
+        for future in self._futures:
+            future.cancel()
+        return sum(future.cancelled() for future in self._futures)
+
+
 class Batcher:
-    """Merges items from concurrent requests into length-grouped batches for one backend.
+    """Merges items from concurrent requests into batches for one backend.
 
     The forward pass runs on worker threads, so the event loop keeps accepting requests
     while the model computes; a batch is formed only when a worker is free, which lets the
     queue grow and batches fill under load. `workers` batches may be in flight at once.
-
-    Higher priority goes first: each batch is built around the item with the highest priority
-    plus one per `priority_aging_s` waited (so nothing starves), from items of its priority.
     """
 
     def __init__(
@@ -101,6 +140,7 @@ class Batcher:
         self._in_flight: set[asyncio.Task[None]] = set()
         self._task: asyncio.Task[None] | None = None
         self._closed = False
+        self._batch_serials = itertools.count()
 
     @property
     def queue_depth(self) -> int:
@@ -116,11 +156,8 @@ class Batcher:
         if self._task is not None:
             await self._task
 
-    def submit(
-        self, pairs: Sequence[EncodedPair], timing: RequestTiming | None = None, priority: int = 0
-    ) -> list[asyncio.Future[float]]:
-        """Queue all of a request's items or none of them; one future per item. `timing`, if
-        given, is filled in as the items are computed. A cancelled future's item is dropped."""
+    def submit(self, pairs: Sequence[EncodedPair], priority: int = 0) -> Submission:
+        """Queue all of a request's items or none of them."""
         if self._closed:
             raise BatcherClosedError("the server is shutting down")
         tokens = sum(pair.own_length for pair in pairs)
@@ -137,12 +174,12 @@ class Batcher:
                 "retry shortly"
             )
         loop = asyncio.get_running_loop()
-        items = [_Pending(pair, loop.create_future(), timing, priority) for pair in pairs]
+        items = [_Pending(pair, loop.create_future(), priority) for pair in pairs]
         self._pending.extend(items)
         self._queued_tokens += tokens
         self._notify_depth()
         self._wakeup.set()
-        return [item.future for item in items]
+        return Submission([item.future for item in items])
 
     async def _run(self) -> None:
         while True:
@@ -169,7 +206,7 @@ class Batcher:
     async def _wait_for_company(self) -> None:
         """Let the oldest item wait up to max_wait for others, unless a batch is already full."""
         deadline = self._pending[0].enqueued_s + self._max_wait_s
-        while not self._closed and not self._batch_is_full():
+        while not self._closed and not batch_is_full(self._lengths(self._pending), self.limits):
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 return
@@ -179,12 +216,6 @@ class Batcher:
             except TimeoutError:
                 return
 
-    def _batch_is_full(self) -> bool:
-        limits = self.limits
-        if len(self._pending) >= limits.max_pairs:
-            return True
-        return sum(p.pair.own_length for p in self._pending) >= limits.max_tokens
-
     def _take_batch(self) -> list[_Pending]:
         # Items whose caller went away are dropped before they cost a forward pass.
         self._pending = [p for p in self._pending if not p.future.done()]
@@ -192,14 +223,16 @@ class Batcher:
             self._queued_tokens = 0
             self._notify_depth()
             return []
-        now = time.monotonic()
-        anchor = max(self._pending, key=lambda p: p.priority + (now - p.enqueued_s) / self._priority_aging_s)
-        peers = [p for p in self._pending if p.priority == anchor.priority]
-        chosen = select_batch([p.pair.own_length for p in peers], peers.index(anchor), self.limits)
-        batch = [peers[i] for i in chosen]
+        pending = self._pending
+        anchor = pending[anchor_index(
+            [p.priority for p in pending], [p.enqueued_s for p in pending], time.monotonic(),
+            self._priority_aging_s,
+        )]
+        peers = [p for p in pending if p.priority == anchor.priority]
+        batch = [peers[i] for i in select_batch(self._lengths(peers), peers.index(anchor), self.limits)]
         taken = {id(p) for p in batch}
-        self._pending = [p for p in self._pending if id(p) not in taken]
-        self._queued_tokens = sum(p.pair.own_length for p in self._pending)
+        self._pending = [p for p in pending if id(p) not in taken]
+        self._queued_tokens = sum(self._lengths(self._pending))
         self._notify_depth()
         return batch
 
@@ -217,27 +250,22 @@ class Batcher:
                 if not item.future.done():
                     item.future.set_exception(exc)
             return
-        finished = time.monotonic()
-        timings = {id(p.timing): p.timing for p in batch if p.timing is not None}
-        for timing in timings.values():
-            timing.compute_s += finished - started
+        inference_s = time.monotonic() - started
+        serial = next(self._batch_serials)
         for item, reward in zip(batch, rewards, strict=True):
-            if item.timing is not None:
-                item.timing.queue_s = max(item.timing.queue_s, started - item.enqueued_s)
             if not item.future.done():
-                item.future.set_result(reward)
+                item.future.set_result(_Computed(reward, started - item.enqueued_s, serial, inference_s))
         if self._observer is not None:
-            lengths = [p.own_length for p in pairs]
-            self._observer.on_batch(
-                BatchReport(
-                    size=len(batch),
-                    real_tokens=sum(lengths),
-                    padded_tokens=len(lengths) * max(lengths),
-                    queue_waits_s=[started - p.enqueued_s for p in batch],
-                    inference_s=finished - started,
-                    queue_depth=len(self._pending),
-                )
-            )
+            lengths = self._lengths(batch)
+            self._observer.on_batch(BatchReport(
+                size=len(batch), real_tokens=sum(lengths), padded_tokens=len(pairs) * max(lengths),
+                queue_waits_s=[started - p.enqueued_s for p in batch], inference_s=inference_s,
+                queue_depth=len(self._pending),
+            ))
+
+    @staticmethod
+    def _lengths(items: Sequence[_Pending]) -> list[int]:
+        return [p.pair.own_length for p in items]
 
     def _notify_depth(self) -> None:
         if self._observer is not None:

@@ -1,4 +1,6 @@
-"""Which pending items form the next batch: a pure function of their lengths."""
+"""Every batching decision, as pure functions of the pending items: which item a batch is built
+around, whether waiting could still fill a batch, which items join it, and how rows of one batch
+are cut into chunks of similar length. The batcher and the backends only carry them out."""
 
 from __future__ import annotations
 
@@ -33,8 +35,28 @@ def padded_tokens(lengths: Sequence[int]) -> int:
     return len(lengths) * max(lengths, default=0)
 
 
+def anchor_index(
+    priorities: Sequence[int], enqueued_s: Sequence[float], now_s: float, aging_s: float
+) -> int:
+    """The item the next batch is built around: the highest priority plus one level per `aging_s`
+    waited, so urgent work goes first and nothing starves. Ties go to the earliest queued."""
+    return max(
+        range(len(priorities)),
+        key=lambda i: (priorities[i] + (now_s - enqueued_s[i]) / aging_s, -enqueued_s[i], -i),
+    )
+
+
+def batch_is_full(lengths: Sequence[int], limits: BatchLimits) -> bool:
+    """Whether the pending items can already fill a batch, so waiting for more gains nothing.
+
+    Enough rows, or enough tokens: a batch pads every row to its longest, so its padded tokens
+    are at least the real ones; once the pending real tokens reach the budget, the budget binds.
+    """
+    return len(lengths) >= limits.max_pairs or sum(lengths) >= limits.max_tokens
+
+
 def select_batch(lengths: Sequence[int], anchor: int, limits: BatchLimits) -> list[int]:
-    """Indices of the next batch: the anchor (the oldest item) plus items of similar length.
+    """Indices of the next batch: the anchor plus items of similar length.
 
     Growing outward from the anchor in length order, each step takes the neighbour that adds
     the fewest padding tokens, while the batch stays within both limits. The anchor is always
@@ -62,3 +84,23 @@ def select_batch(lengths: Sequence[int], anchor: int, limits: BatchLimits) -> li
             high += 1
         count, real = count + 1, real + length
     return sorted(order[low : high + 1])
+
+
+def chunk_by_length(lengths: Sequence[int], limits: BatchLimits) -> list[list[int]]:
+    """Indices in chunks of similar length, longest first, each within `limits` (a row longer
+    than the token budget gets a chunk of its own). For work that is all known at once: the
+    continuations of one shared prompt, or an offline pass over a data set."""
+    order = sorted(range(len(lengths)), key=lambda i: (-lengths[i], i))
+    chunks: list[list[int]] = []
+    real = 0
+    for index in order:
+        if chunks:
+            chunk = chunks[-1]
+            width = lengths[chunk[0]]  # the longest: chunks are filled longest first
+            if limits.admits(len(chunk) + 1, width, real + lengths[index]):
+                chunk.append(index)
+                real += lengths[index]
+                continue
+        chunks.append([index])
+        real = lengths[index]
+    return chunks

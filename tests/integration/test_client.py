@@ -17,13 +17,13 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from service.client import (
+from rmserve_client import (
     AsyncRewardClient,
     RewardClient,
     RewardRequestError,
     RewardUnavailableError,
 )
-from service.client.client import backoff_s
+from rmserve_client.client import backoff_s
 from tests.integration.reference import mixed_items
 from tests.integration.server import free_port, running_server
 

@@ -13,8 +13,8 @@ import pytest
 import torch
 from transformers import AutoModelForSequenceClassification, AutoTokenizer, GPT2Config, GPT2LMHeadModel
 
-from service.client import AsyncRmserveReward, RmserveReward
-from service.client.trl import trl_items
+from rmserve_client import AsyncRmserveReward, RmserveReward
+from rmserve_client.trl import trl_items
 from tests.integration.reference import reference_reward
 from tests.integration.server import running_server
 

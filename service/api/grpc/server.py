@@ -14,8 +14,8 @@ from service.api.auth import UNAUTHORIZED_MESSAGE, ApiKeys
 from service.api.grpc import rmserve_pb2, rmserve_pb2_grpc
 from service.api.grpc.servicer import RewardServicer
 from service.metrics import Metrics
-from service.registry import ModelRegistry
-from service.scoring import Scorer
+from service.scoring.registry import ModelRegistry
+from service.scoring.scorer import Scorer
 
 SERVICE_NAME = rmserve_pb2.DESCRIPTOR.services_by_name["RewardService"].full_name
 _HEALTH_NAMES = ("", SERVICE_NAME)  # "" is the whole server, as health checkers ask by default

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
-import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import TypeVar
 
@@ -13,36 +11,16 @@ import grpc
 
 from service.api.grpc import rmserve_pb2 as pb
 from service.api.grpc import rmserve_pb2_grpc
-from service.errors import (
-    DeadlineExceededError,
-    InternalScoringError,
-    InvalidInputError,
-    NotReadyError,
-    OverloadedError,
-    ScoringError,
-    TooLargeError,
-    TooManyInputsError,
-    UnknownModelError,
-)
-from service.items import Conversation, Message, PromptResponse, RawText, ScoreInput
+from service.api.observe import RequestObservation, error_kind, new_error_id, request_id_from
 from service.metrics import Metrics
-from service.registry import ModelRegistry
-from service.request_record import RequestRecord, request_id_from
-from service.scoring import ScoreOptions, Scorer, ScoreResult
+from service.scoring.errors import InvalidInputError, ScoringError
+from service.scoring.items import Conversation, Message, PromptResponse, RawText, ScoreInput
+from service.scoring.options import ScoreOptions
+from service.scoring.registry import ModelRegistry
+from service.scoring.results import ScoreResult, Usage
+from service.scoring.scorer import Scorer
 
 logger = logging.getLogger("rmserve.grpc")
-
-# The same errors as over HTTP (422, 413, 413, 404, 503, 429, 500, 504), in gRPC's words.
-_STATUS: dict[type[ScoringError], tuple[grpc.StatusCode, str]] = {
-    InvalidInputError: (grpc.StatusCode.INVALID_ARGUMENT, "invalid_input"),
-    TooManyInputsError: (grpc.StatusCode.INVALID_ARGUMENT, "too_many_inputs"),
-    TooLargeError: (grpc.StatusCode.INVALID_ARGUMENT, "too_large"),
-    UnknownModelError: (grpc.StatusCode.NOT_FOUND, "unknown_model"),
-    NotReadyError: (grpc.StatusCode.UNAVAILABLE, "not_ready"),
-    OverloadedError: (grpc.StatusCode.RESOURCE_EXHAUSTED, "overloaded"),
-    InternalScoringError: (grpc.StatusCode.INTERNAL, "internal"),
-    DeadlineExceededError: (grpc.StatusCode.DEADLINE_EXCEEDED, "deadline_exceeded"),
-}
 
 Reply = TypeVar("Reply")
 # Chunks of one ScoreStream in the queue at once: enough to keep the batcher busy between them.
@@ -111,7 +89,7 @@ class RewardServicer(rmserve_pb2_grpc.RewardServiceServicer):
         return await self._unary(context, self._run("Score", context, self._scoring(request, context)))
 
     async def Rank(self, request: pb.RankRequest, context: grpc.aio.ServicerContext) -> pb.RankResponse:
-        async def rank(record: RequestRecord) -> pb.RankResponse:
+        async def rank() -> tuple[pb.RankResponse, Usage]:
             if request.HasField("prompt") == bool(request.messages):
                 raise InvalidInputError("give exactly one of 'prompt' or 'messages'")
             conversation = (
@@ -120,12 +98,12 @@ class RewardServicer(rmserve_pb2_grpc.RewardServiceServicer):
             )
             result = await self._scorer.rank(
                 conversation, list(request.responses), model=request.model or None,
-                top_k=request.top_k or None, record=record, options=_options(request, context),
+                top_k=request.top_k or None, options=_options(request, context),
             )
             return pb.RankResponse(
                 model=result.score.model, version=result.score.version, rewards=result.score.rewards,
                 ranking=result.ranking, best=result.best,
-            )
+            ), result.usage
 
         return await self._unary(context, self._run("Rank", context, rank))
 
@@ -165,12 +143,11 @@ class RewardServicer(rmserve_pb2_grpc.RewardServiceServicer):
 
     def _scoring(
         self, request: pb.ScoreRequest, context: grpc.aio.ServicerContext
-    ) -> Callable[[RequestRecord], Awaitable[pb.ScoreResponse]]:
-        async def score(record: RequestRecord) -> pb.ScoreResponse:
-            result = await self._scorer.score(
-                to_items(request), request.model or None, record, _options(request, context)
-            )
-            return _score_reply(result)
+    ) -> Callable[[], Awaitable[tuple[pb.ScoreResponse, Usage]]]:
+        async def score() -> tuple[pb.ScoreResponse, Usage]:
+            options = _options(request, context)
+            result = await self._scorer.score(to_items(request), request.model or None, options)
+            return _score_reply(result), result.usage
 
         return score
 
@@ -186,35 +163,36 @@ class RewardServicer(rmserve_pb2_grpc.RewardServiceServicer):
         self,
         method: str,
         context: grpc.aio.ServicerContext,
-        handle: Callable[[RequestRecord], Awaitable[Reply]],
+        handle: Callable[[], Awaitable[tuple[Reply, Usage]]],
     ) -> Reply:
-        """One scoring call: a record to fill, errors turned into _Failed, then counted and logged."""
+        """One scoring call: errors turned into _Failed, then counted and logged."""
         metadata = dict(context.invocation_metadata() or ())
-        record = RequestRecord(request_id_from(metadata.get("x-request-id")), f"grpc:{method}")
-        context.set_trailing_metadata((("x-request-id", record.request_id),))
-        started = time.monotonic()
+        observation = RequestObservation(
+            self._metrics, f"grpc:{method}", request_id_from(metadata.get("x-request-id"))
+        )
+        context.set_trailing_metadata((("x-request-id", observation.request_id),))
         code = grpc.StatusCode.OK
         try:
-            return await handle(record)
+            reply, usage = await handle()
+            observation.served(usage)
+            return reply
         except ScoringError as exc:
-            code, record.error_type = next(
-                (v for cls, v in _STATUS.items() if isinstance(exc, cls)),
-                (grpc.StatusCode.INTERNAL, "internal"),
-            )
+            kind = error_kind(exc)
+            code = grpc.StatusCode[kind.grpc_code]
+            observation.failed(kind.type, exc.model)
             raise _Failed(code, str(exc)) from exc
         except Exception as exc:
-            error_id = uuid.uuid4().hex[:12]
+            error_id = new_error_id()
             logger.exception("internal error %s", error_id)
-            code, record.error_type = grpc.StatusCode.INTERNAL, "internal"
+            code = grpc.StatusCode.INTERNAL
+            observation.failed("internal")
             raise _Failed(code, f"internal error (id {error_id}); see the server log") from exc
         except asyncio.CancelledError:
-            code, record.error_type = grpc.StatusCode.CANCELLED, "cancelled"
+            code = grpc.StatusCode.CANCELLED
+            observation.failed("cancelled")
             raise
         finally:
-            duration_s = time.monotonic() - started
-            self._metrics.count_request(record, code.name, failed=code != grpc.StatusCode.OK,
-                                        duration_s=duration_s)
-            record.log(code.name, duration_s)
+            observation.answered(code.name, failed=code != grpc.StatusCode.OK)
 
 
 class _Failed(Exception):

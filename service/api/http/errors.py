@@ -1,53 +1,55 @@
-"""Domain errors to HTTP status codes, in one place; every error body is ErrorResponse."""
+"""Errors to HTTP answers, in one place: the error table and body are service.api.observe's."""
 
 from __future__ import annotations
 
+import json
 import logging
-import uuid
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException
+from starlette.types import Scope, Send
 
-from service.errors import (
-    ClientGoneError,
-    DeadlineExceededError,
-    InternalScoringError,
-    InvalidInputError,
-    NotReadyError,
-    OverloadedError,
-    ScoringError,
-    TooLargeError,
-    TooManyInputsError,
-    UnknownModelError,
-)
+from service.api.observe import RequestObservation, error_body, error_kind, new_error_id
+from service.scoring.errors import ScoringError
 
 logger = logging.getLogger("rmserve.http")
 RETRY_AFTER_S = 1
 
-_STATUS: dict[type[ScoringError], tuple[int, str]] = {
-    InvalidInputError: (422, "invalid_input"),
-    TooManyInputsError: (413, "too_many_inputs"),
-    TooLargeError: (413, "too_large"),
-    UnknownModelError: (404, "unknown_model"),
-    NotReadyError: (503, "not_ready"),
-    OverloadedError: (429, "overloaded"),
-    InternalScoringError: (500, "internal"),
-    DeadlineExceededError: (504, "deadline_exceeded"),
-    # Nobody reads it; the status is for the metrics and the log (nginx's "client closed request").
-    ClientGoneError: (499, "client_closed"),
-}
+
+def error_response(
+    status: int, kind: str, message: str, request: Request | None = None,
+    model: tuple[str, str] | None = None,
+) -> JSONResponse:
+    """The one error body; `request`'s observation learns the error type (for metrics and the log)."""
+    observation = _observation_of(request.scope) if request is not None else None
+    if observation is not None:
+        observation.failed(kind, model)
+    return JSONResponse(error_body(kind, message), status_code=status, headers=_headers(status))
 
 
-def error_response(status: int, kind: str, message: str, request: Request | None = None) -> JSONResponse:
-    """The one error body; `request`'s record learns the error type (for metrics and the log)."""
-    record = getattr(request.state, "record", None) if request is not None else None
-    if record is not None:
-        record.error_type = kind
-    headers = {"Retry-After": str(RETRY_AFTER_S)} if status in (429, 503) else None
-    body = {"error": {"type": kind, "message": message}}
-    return JSONResponse(body, status_code=status, headers=headers)
+async def send_error(scope: Scope, send: Send, status: int, kind: str, message: str,
+                     headers: dict[str, str] | None = None) -> None:
+    """The same answer from ASGI middleware, which runs before (and without) the app."""
+    observation = _observation_of(scope)
+    if observation is not None:
+        observation.failed(kind)
+    body = json.dumps(error_body(kind, message)).encode()
+    extra = {**(_headers(status) or {}), **(headers or {})}
+    await send({"type": "http.response.start", "status": status, "headers": [
+        (b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
+        *((name.lower().encode(), value.encode()) for name, value in extra.items()),
+    ]})
+    await send({"type": "http.response.body", "body": body})
+
+
+def _headers(status: int) -> dict[str, str] | None:
+    return {"Retry-After": str(RETRY_AFTER_S)} if status in (429, 503) else None
+
+
+def _observation_of(scope: Scope) -> RequestObservation | None:
+    return scope.get("state", {}).get("observation")
 
 
 def _describe_validation(exc: RequestValidationError) -> str:
@@ -65,10 +67,8 @@ def _describe_validation(exc: RequestValidationError) -> str:
 def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(ScoringError)
     async def _scoring_error(request: Request, exc: ScoringError) -> JSONResponse:
-        status, kind = next(
-            (v for cls, v in _STATUS.items() if isinstance(exc, cls)), (500, "internal")
-        )
-        return error_response(status, kind, str(exc), request)
+        kind = error_kind(exc)
+        return error_response(kind.http_status, kind.type, str(exc), request, exc.model)
 
     @app.exception_handler(RequestValidationError)
     async def _validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
@@ -84,6 +84,6 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
-        error_id = uuid.uuid4().hex[:12]
+        error_id = new_error_id()
         logger.exception("internal error %s", error_id, exc_info=exc)
         return error_response(500, "internal", f"internal error (id {error_id}); see server log", request)

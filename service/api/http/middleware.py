@@ -2,16 +2,15 @@
 
 from __future__ import annotations
 
-import json
 import logging
-import time
 
 from starlette.datastructures import Headers, MutableHeaders
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from service.api.auth import UNAUTHORIZED_MESSAGE, ApiKeys
+from service.api.http.errors import send_error
+from service.api.observe import RequestObservation, request_id_from
 from service.metrics import Metrics
-from service.request_record import RequestRecord, request_id_from
 
 # Logged at info; everything else (probes and scrapes every few seconds, docs) at debug.
 _SCORING_ENDPOINTS = {"/v1/score", "/v1/rank", "/v1/compare", "/get_reward"}
@@ -63,17 +62,8 @@ class BodyLimitMiddleware:
         await self.app(scope, replay, send)
 
     async def _too_large(self, scope: Scope, send: Send) -> None:
-        record: RequestRecord | None = scope.get("state", {}).get("record")
-        if record is not None:
-            record.error_type = "body_too_large"
-        body = json.dumps({"error": {
-            "type": "body_too_large",
-            "message": f"request body over {self.max_body_bytes} bytes; split the request",
-        }}).encode()
-        await send({"type": "http.response.start", "status": 413, "headers": [
-            (b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
-        ]})
-        await send({"type": "http.response.body", "body": body})
+        message = f"request body over {self.max_body_bytes} bytes; split the request"
+        await send_error(scope, send, 413, "body_too_large", message)
 
 
 class ApiKeyMiddleware:
@@ -90,21 +80,14 @@ class ApiKeyMiddleware:
                 or self.keys.allows(Headers(scope=scope).get("authorization"))):
             await self.app(scope, receive, send)
             return
-        record: RequestRecord | None = scope.get("state", {}).get("record")
-        if record is not None:
-            record.error_type = "unauthorized"
-        body = json.dumps({"error": {"type": "unauthorized", "message": UNAUTHORIZED_MESSAGE}}).encode()
-        await send({"type": "http.response.start", "status": 401, "headers": [
-            (b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
-            (b"www-authenticate", b"Bearer"),
-        ]})
-        await send({"type": "http.response.body", "body": body})
+        challenge = {"WWW-Authenticate": "Bearer"}
+        await send_error(scope, send, 401, "unauthorized", UNAUTHORIZED_MESSAGE, challenge)
 
 
 class RequestObserverMiddleware:
-    """Gives each request an id (the client's X-Request-ID, or a new one, returned either way), a
-    RequestRecord for the routes to fill in, and when it is answered counts it, times it and logs
-    one JSON line about it."""
+    """Gives each request an id (the client's X-Request-ID, or a new one, returned either way) and
+    a RequestObservation that the routes tell what they served; when the request is answered it is
+    counted, timed and logged once."""
 
     def __init__(self, app: ASGIApp, *, metrics: Metrics, endpoints: set[str]) -> None:
         self.app = app
@@ -116,9 +99,11 @@ class RequestObserverMiddleware:
             await self.app(scope, receive, send)
             return
         endpoint = scope["path"] if scope["path"] in self.endpoints else "other"
-        record = RequestRecord(request_id_from(Headers(scope=scope).get("x-request-id")), endpoint)
-        scope.setdefault("state", {})["record"] = record
-        started = time.monotonic()
+        observation = RequestObservation(
+            self.metrics, endpoint, request_id_from(Headers(scope=scope).get("x-request-id")),
+            log_level=logging.INFO if endpoint in _SCORING_ENDPOINTS else logging.DEBUG,
+        )
+        scope.setdefault("state", {})["observation"] = observation
         status = 500
         inflight = self.metrics.inflight.labels(endpoint=endpoint)
         inflight.inc()
@@ -127,17 +112,14 @@ class RequestObserverMiddleware:
             nonlocal status
             if message["type"] == "http.response.start":
                 status = message["status"]
-                MutableHeaders(scope=message)["X-Request-ID"] = record.request_id
+                MutableHeaders(scope=message)["X-Request-ID"] = observation.request_id
             await send(message)
 
         try:
             await self.app(scope, receive, send_with_id)
         except Exception:  # a bug: the outer error handler answers 500; count it as one
-            record.error_type = record.error_type or "internal"
+            observation.failed("internal")
             raise
         finally:
             inflight.dec()
-            duration_s = time.monotonic() - started
-            failed = status >= 400 and endpoint not in _PROBES
-            self.metrics.count_request(record, str(status), failed=failed, duration_s=duration_s)
-            record.log(status, duration_s, logging.INFO if endpoint in _SCORING_ENDPOINTS else logging.DEBUG)
+            observation.answered(status, failed=status >= 400 and endpoint not in _PROBES)

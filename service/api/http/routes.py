@@ -24,11 +24,12 @@ from service.api.http.schemas import (
     ScoreResponse,
     Usage,
 )
-from service.errors import ClientGoneError
+from service.api.observe import RequestObservation
+from service.lifecycle import Lifecycle
 from service.metrics import Metrics
-from service.registry import ModelRegistry
-from service.request_record import RequestRecord
-from service.scoring import Scorer
+from service.scoring.errors import ClientGoneError
+from service.scoring.registry import ModelRegistry
+from service.scoring.scorer import Scorer
 
 router = APIRouter()
 
@@ -56,9 +57,13 @@ def get_metrics(request: Request) -> Metrics:
     return request.app.state.metrics
 
 
-def get_record(request: Request) -> RequestRecord:
-    """This request's record, made by RequestObserverMiddleware."""
-    return request.state.record
+def get_lifecycle(request: Request) -> Lifecycle:
+    return request.app.state.lifecycle
+
+
+def get_observation(request: Request) -> RequestObservation:
+    """This request's observation, made by RequestObserverMiddleware."""
+    return request.state.observation
 
 
 T = TypeVar("T")
@@ -91,21 +96,21 @@ async def score(
     request: Request,
     body: ScoreRequest,
     scorer: Annotated[Scorer, Depends(get_scorer)],
-    record: Annotated[RequestRecord, Depends(get_record)],
+    observation: Annotated[RequestObservation, Depends(get_observation)],
 ) -> ScoreResponse:
     """Score each (prompt, response), conversation or pre-formatted text; rewards in input order."""
     if body.combine is not None:
-        combined = await unless_client_leaves(
-            request, scorer.combine(body.items(), body.combine, record, body.options())
-        )
+        work = scorer.combine(body.items(), body.combine, body.options())
+        combined = await unless_client_leaves(request, work)
+        observation.served(combined.usage)
         first = next(iter(combined.components.values()))
         return ScoreResponse(
             model="combined", version="", rewards=combined.rewards, truncated=first.truncated,
             usage=Usage(tokens=combined.tokens),
             components={name: part.rewards for name, part in combined.components.items()},
         )
-    work = scorer.score(body.items(), body.model, record, body.options())
-    result = await unless_client_leaves(request, work)
+    result = await unless_client_leaves(request, scorer.score(body.items(), body.model, body.options()))
+    observation.served(result.usage)
     return ScoreResponse(
         model=result.model,
         version=result.version,
@@ -120,13 +125,13 @@ async def rank(
     request: Request,
     body: RankRequest,
     scorer: Annotated[Scorer, Depends(get_scorer)],
-    record: Annotated[RequestRecord, Depends(get_record)],
+    observation: Annotated[RequestObservation, Depends(get_observation)],
 ) -> RankResponse:
     """Best-of-n: rank candidate responses to one prompt or conversation, best first."""
     result = await unless_client_leaves(request, scorer.rank(
-        body.conversation(), body.responses, model=body.model, top_k=body.top_k, record=record,
-        options=body.options(),
+        body.conversation(), body.responses, model=body.model, top_k=body.top_k, options=body.options(),
     ))
+    observation.served(result.usage)
     return RankResponse(
         model=result.score.model,
         version=result.score.version,
@@ -141,12 +146,13 @@ async def compare(
     request: Request,
     body: CompareRequest,
     scorer: Annotated[Scorer, Depends(get_scorer)],
-    record: Annotated[RequestRecord, Depends(get_record)],
+    observation: Annotated[RequestObservation, Depends(get_observation)],
 ) -> CompareResponse:
     """Pairwise: both responses' rewards and P(a preferred to b) under Bradley-Terry."""
     result = await unless_client_leaves(request, scorer.compare(
-        body.conversation(), body.a, body.b, model=body.model, record=record, options=body.options(),
+        body.conversation(), body.a, body.b, model=body.model, options=body.options(),
     ))
+    observation.served(result.usage)
     return CompareResponse(
         model=result.score.model, version=result.score.version, rewards=result.score.rewards,
         probability_a=result.probability_a, preferred="a" if result.probability_a >= 0.5 else "b",
@@ -158,10 +164,11 @@ async def get_reward(
     request: Request,
     body: OpenRLHFRewardRequest,
     scorer: Annotated[Scorer, Depends(get_scorer)],
-    record: Annotated[RequestRecord, Depends(get_record)],
+    observation: Annotated[RequestObservation, Depends(get_observation)],
 ) -> OpenRLHFRewardResponse:
     """OpenRLHF's remote reward model: each `query` (the full formatted text) scored as is."""
-    result = await unless_client_leaves(request, scorer.score(body.items(), body.model, record))
+    result = await unless_client_leaves(request, scorer.score(body.items(), body.model))
+    observation.served(result.usage)
     return OpenRLHFRewardResponse(rewards=result.rewards, scores=result.rewards)
 
 
@@ -185,9 +192,9 @@ async def healthz() -> dict[str, str]:
 
 
 @router.get("/readyz", responses={503: {"model": ErrorResponse}})
-async def readyz(request: Request, registry: Annotated[ModelRegistry, Depends(get_registry)]) -> JSONResponse:
+async def readyz(request: Request, lifecycle: Annotated[Lifecycle, Depends(get_lifecycle)]) -> JSONResponse:
     """Ready: every model is loaded and warmed up."""
-    if reason := registry.not_ready_reason:
+    if reason := lifecycle.not_ready_reason:
         return error_response(503, "not_ready", reason, request)
     return JSONResponse({"status": "ready"})
 

@@ -7,8 +7,8 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from service.items import Conversation, Message, PromptResponse, RawText, ScoreInput
-from service.scoring import MAX_PRIORITY, ScoreOptions
+from service.scoring.items import Conversation, Message, PromptResponse, RawText, ScoreInput
+from service.scoring.options import MAX_PRIORITY, ScoreOptions
 
 
 class _Strict(BaseModel):

@@ -1,0 +1,23 @@
+"""Python client for rmserve (no torch needed): RewardClient, AsyncRewardClient, TRL reward functions."""
+
+from rmserve_client.client import AsyncRewardClient, RewardClient
+from rmserve_client.errors import (
+    RewardError,
+    RewardRequestError,
+    RewardTimeoutError,
+    RewardUnavailableError,
+)
+from rmserve_client.transports import Ranking
+from rmserve_client.trl import AsyncRmserveReward, RmserveReward
+
+__all__ = [
+    "AsyncRewardClient",
+    "AsyncRmserveReward",
+    "Ranking",
+    "RewardClient",
+    "RewardError",
+    "RewardRequestError",
+    "RewardTimeoutError",
+    "RewardUnavailableError",
+    "RmserveReward",
+]

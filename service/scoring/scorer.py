@@ -1,0 +1,251 @@
+"""The scoring core shared by every transport: check, tokenise, batch, reassemble."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import hashlib
+import logging
+import math
+import uuid
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from typing import Protocol
+
+from service.batching.batcher import (
+    BatchedRewards,
+    BatcherClosedError,
+    QueueFullError,
+    Timing,
+    TooBigForQueueError,
+)
+from service.scoring.cache import RewardCache, cache_key
+from service.scoring.errors import (
+    DeadlineExceededError,
+    InternalScoringError,
+    InvalidInputError,
+    NotReadyError,
+    OverloadedError,
+    ScoringError,
+    TooLargeError,
+)
+from service.scoring.formatting import FormattedItem
+from service.scoring.items import Conversation, Message, PromptResponse, ScoreInput
+from service.scoring.options import DEFAULT_OPTIONS, RANK_PRIORITY, SCORE_PRIORITY, ScoreOptions
+from service.scoring.preparation import PreparedItems, ScoringLimits, check_request, group_prompts, tokenize
+from service.scoring.registry import ModelRegistry, ServedModel
+from service.scoring.results import CombinedResult, CompareResult, RankResult, ScoreResult
+from service.scoring.rewards import (
+    clipped,
+    normalized,
+    preference_probability,
+    require_statistics,
+    weighted_sum,
+)
+
+logger = logging.getLogger("rmserve")
+
+
+class Readiness(Protocol):
+    @property
+    def not_ready_reason(self) -> str | None:
+        """Why no request can be served now (loading, failed, draining); None once ready."""
+        ...
+
+
+class Scorer:
+    """Scores items with a named model; knows nothing of HTTP or gRPC."""
+
+    def __init__(
+        self, registry: ModelRegistry, limits: ScoringLimits, readiness: Readiness,
+        cache: RewardCache | None = None,
+    ) -> None:
+        self._registry = registry
+        self.limits = limits
+        self._readiness = readiness
+        self._cache = cache
+
+    @property
+    def max_inputs_per_request(self) -> int:
+        return self.limits.max_inputs_per_request
+
+    async def score(
+        self, items: Sequence[ScoreInput], model: str | None = None, options: ScoreOptions = DEFAULT_OPTIONS
+    ) -> ScoreResult:
+        loop = asyncio.get_running_loop()
+        deadline = None if options.timeout_s is None else loop.time() + options.timeout_s
+        check_request(items, self.limits)
+        served = self._served(model, options)
+        with _attributed_to(served):
+            # Tokenising off the event loop keeps the server answering while long inputs encode.
+            prepared = await asyncio.to_thread(tokenize, items, served.formatter, self.limits)
+            rewards, batched = await self._rewards(served, items, prepared, options, deadline)
+            tokens = prepared.tokens
+            served.metrics.items.inc(len(items))
+            served.metrics.tokens.inc(tokens)
+        return ScoreResult(
+            model=served.name, version=served.version, rewards=_as_asked(rewards, served, options),
+            truncated=prepared.truncated, tokens=tokens, timing=batched.timing,
+        )
+
+    async def _rewards(
+        self, served: ServedModel, items: Sequence[ScoreInput], prepared: PreparedItems,
+        options: ScoreOptions, deadline: float | None,
+    ) -> tuple[list[float], BatchedRewards]:
+        """Raw rewards in order: from the cache where it has them, the rest computed."""
+        cache = self._cache
+        keys = [cache_key(served.name, served.version, p) for p in prepared.pairs] if cache is not None else []
+        cached = [cache.get(key) for key in keys] if cache is not None else [None] * len(items)
+        todo = [i for i, reward in enumerate(cached) if reward is None]
+        if cache is not None:
+            served.metrics.cache_hits.inc(len(items) - len(todo))
+            served.metrics.cache_misses.inc(len(todo))
+        batched = BatchedRewards([], Timing())  # every reward from the cache
+        if todo:
+            batched = await self._compute(
+                served, [items[i] for i in todo], [prepared.formatted[i] for i in todo], options, deadline
+            )
+        computed = iter(batched.rewards)
+        rewards = [reward if reward is not None else next(computed) for reward in cached]
+        if not all(math.isfinite(r) for r in rewards):
+            raise _non_finite(served.name, prepared.formatted, rewards)
+        if cache is not None:
+            for i in todo:
+                cache.put(keys[i], rewards[i])
+            served.metrics.cache_bytes.set(cache.bytes)
+        return rewards, batched
+
+    async def _compute(
+        self, served: ServedModel, items: Sequence[ScoreInput], formatted: Sequence[FormattedItem],
+        options: ScoreOptions, deadline: float | None,
+    ) -> BatchedRewards:
+        """Queue the items (prompts shared where the backend can) and wait for their rewards."""
+        pairs, shared = group_prompts(
+            items, [f.pair for f in formatted], self.limits, backend_shares=served.backend.shares_prefixes
+        )
+        served.metrics.shared_prefix_tokens.inc(shared)
+        priority = SCORE_PRIORITY if options.priority is None else options.priority
+        try:
+            submission = served.batcher.submit(pairs, priority)
+        except QueueFullError as exc:
+            raise OverloadedError(str(exc)) from exc
+        except TooBigForQueueError as exc:
+            raise TooLargeError(str(exc)) from exc
+        except BatcherClosedError as exc:
+            raise NotReadyError(str(exc)) from exc
+        try:
+            async with asyncio.timeout_at(deadline):
+                return await submission.outcome()
+        except BaseException as exc:
+            # Out of time, the caller gone, or the batch failed: what is still queued is dropped.
+            dropped = submission.cancel()
+            if isinstance(exc, TimeoutError):
+                served.metrics.dropped("deadline", dropped)
+                raise DeadlineExceededError(
+                    f"timeout_ms passed before the items were computed ({dropped} of {len(pairs)} "
+                    "dropped): allow more time or retry when the server is less busy"
+                ) from None
+            if isinstance(exc, asyncio.CancelledError):
+                served.metrics.dropped("disconnected", dropped)
+                raise
+            if isinstance(exc, Exception):  # the forward pass failed (e.g. out of memory)
+                error_id = uuid.uuid4().hex[:12]
+                logger.exception("forward pass failed", extra={"error_id": error_id, "model": served.name})
+                raise InternalScoringError(
+                    f"the forward pass failed (error id {error_id}); see the server log"
+                ) from exc
+            raise
+
+    async def combine(
+        self, items: Sequence[ScoreInput], weights: dict[str, float], options: ScoreOptions = DEFAULT_OPTIONS
+    ) -> CombinedResult:
+        """sum_m weight_m * reward_m for each item: every model scores the items at once, each
+        through its own batcher (normalised first if asked)."""
+        if not weights:
+            raise InvalidInputError("combine needs at least one model and its weight")
+        for name in weights:
+            self._served(name, options)  # an unknown model or missing statistics: before any work
+        each = dataclasses.replace(options, clip=None)  # the sum is clipped, not its parts
+        try:
+            async with asyncio.TaskGroup() as group:  # one part failing stops the others' work
+                tasks = [group.create_task(self.score(items, name, each)) for name in weights]
+        except* ScoringError as failed:
+            raise failed.exceptions[0] from None
+        components = dict(zip(weights, (task.result() for task in tasks), strict=True))
+        total = weighted_sum({name: part.rewards for name, part in components.items()}, weights)
+        return CombinedResult(clipped(total, options.clip), components)
+
+    async def compare(
+        self, conversation: Sequence[Message], response_a: str, response_b: str, *,
+        model: str | None = None, options: ScoreOptions = DEFAULT_OPTIONS,
+    ) -> CompareResult:
+        """Bradley-Terry: both responses scored, and the probability that a is preferred."""
+        items = [_candidate(conversation, response_a), _candidate(conversation, response_b)]
+        options = options.with_default_priority(RANK_PRIORITY)
+        served = self._served(model, options)
+        raw = await self.score(items, model, options.raw())
+        result = dataclasses.replace(raw, rewards=_as_asked(raw.rewards, served, options))
+        return CompareResult(result, preference_probability(*raw.rewards))
+
+    async def rank(
+        self, conversation: Sequence[Message], responses: Sequence[str], *,
+        model: str | None = None, top_k: int | None = None, options: ScoreOptions = DEFAULT_OPTIONS,
+    ) -> RankResult:
+        """Best-of-n: score each response after the same conversation, best first."""
+        if not responses:
+            raise InvalidInputError("responses must hold at least one candidate")
+        items = [_candidate(conversation, response) for response in responses]
+        options = options.with_default_priority(RANK_PRIORITY)
+        served = self._served(model, options)
+        raw = await self.score(items, model, options.raw())
+        # Ranked by the model's own rewards: clipping could tie what the model tells apart.
+        ranking = sorted(range(len(responses)), key=lambda i: -raw.rewards[i])
+        result = dataclasses.replace(raw, rewards=_as_asked(raw.rewards, served, options))
+        return RankResult(result, ranking[:top_k] if top_k else ranking)
+
+    def _served(self, model: str | None, options: ScoreOptions) -> ServedModel:
+        """The model asked for, known to have what the options need."""
+        if reason := self._readiness.not_ready_reason:
+            raise NotReadyError(reason)
+        served = self._registry.get(model)
+        if options.normalize:
+            with _attributed_to(served):
+                require_statistics(served.normalization, served.name)
+        return served
+
+
+@contextmanager
+def _attributed_to(served: ServedModel) -> Iterator[None]:
+    """Errors raised while a model serves the request name it (for the request's metrics)."""
+    try:
+        yield
+    except ScoringError as exc:
+        exc.model = exc.model or (served.name, served.version)
+        raise
+
+
+def _as_asked(rewards: list[float], served: ServedModel, options: ScoreOptions) -> list[float]:
+    """Raw rewards, normalised with the model's statistics and clipped if the request asks."""
+    if options.normalize:
+        rewards = normalized(rewards, served.normalization, served.name)
+    return clipped(rewards, options.clip)
+
+
+def _non_finite(
+    model: str, formatted: Sequence[FormattedItem], rewards: Sequence[float]
+) -> InternalScoringError:
+    """Never return NaN or inf: log what produced it (a hash of the inputs, not the text) and fail."""
+    error_id = uuid.uuid4().hex[:12]
+    digest = hashlib.sha256(repr([f.pair.input_ids for f in formatted]).encode()).hexdigest()
+    bad = [i for i, r in enumerate(rewards) if not math.isfinite(r)]
+    logger.error("non-finite rewards", extra={"error_id": error_id, "model": model, "items": bad[:20],
+                                              "inputs_sha256": digest})
+    return InternalScoringError(
+        f"the model returned a non-finite reward (error id {error_id}); see the server log"
+    )
+
+
+def _candidate(conversation: Sequence[Message], response: str) -> ScoreInput:
+    if len(conversation) == 1 and conversation[0].role == "user":
+        return PromptResponse(conversation[0].content, response)
+    return Conversation((*conversation, Message("assistant", response)))

@@ -1,0 +1,248 @@
+"""The batching loop with a fake backend: order, batching, failures and the queue bound."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+
+from service.backends.base import EncodedPair
+from service.batching.batcher import Batcher, QueueFullError, TooBigForQueueError
+from service.batching.policy import BatchLimits
+
+
+class FakeBackend:
+    """Reward = sum of token ids, so every answer can be checked; records batch sizes and rows."""
+
+    def __init__(self, fail: bool = False) -> None:
+        self.batches: list[int] = []
+        self.rows: list[list[tuple[int, ...]]] = []
+        self.fail = fail
+        self.threads: set[str] = set()
+
+    def score(self, batch):
+        self.threads.add(threading.current_thread().name)
+        self.batches.append(len(batch))
+        self.rows.append([p.input_ids for p in batch])
+        if self.fail:
+            raise RuntimeError("forward pass exploded")
+        return [float(sum(p.input_ids)) for p in batch]
+
+
+def pair(*ids: int) -> EncodedPair:
+    return EncodedPair(tuple(ids))
+
+
+async def _with_batcher(backend, body, *, limits=None, max_queue_items=1000, max_queue_tokens=None):
+    with ThreadPoolExecutor(1, thread_name_prefix="forward") as executor:
+        batcher = Batcher(backend.score, executor, limits or BatchLimits(16, 4096),
+                          max_wait_s=0.01, max_queue_items=max_queue_items, max_queue_tokens=max_queue_tokens)
+        batcher.start()
+        try:
+            return await body(batcher)
+        finally:
+            await batcher.stop()
+
+
+async def rewards_of(batcher, items, **options) -> list[float]:
+    return (await batcher.submit(items, **options).outcome()).rewards
+
+
+def test_concurrent_requests_get_their_own_answers_in_order() -> None:
+    backend = FakeBackend()
+
+    async def body(batcher):
+        requests = [[pair(r, i, *([1] * (i % 5))) for i in range(r % 7 + 1)] for r in range(40)]
+        results = await asyncio.gather(*(rewards_of(batcher, items) for items in requests))
+        for items, rewards in zip(requests, results, strict=True):
+            assert rewards == [float(sum(p.input_ids)) for p in items]
+
+    asyncio.run(_with_batcher(backend, body))
+    assert backend.threads == {"forward_0"}
+
+
+def test_single_item_requests_share_batches() -> None:
+    """Items of different requests meet in one forward pass: 20 one-item requests queued while
+    the worker is busy are computed together, not one pass each."""
+
+    async def body(batcher, backend):
+        first = asyncio.create_task(rewards_of(batcher, [pair(0, 0)]))
+        await asyncio.sleep(0.05)  # the first pass holds the worker; the rest queue up behind it
+        others = [asyncio.create_task(rewards_of(batcher, [pair(1, r)])) for r in range(20)]
+        await asyncio.sleep(0.05)
+        backend.gate.set()
+        assert await first == [0.0]
+        assert [await task for task in others] == [[1.0 + r] for r in range(20)]
+        return backend.rows
+
+    rows = asyncio.run(_gated(body, max_pairs=32))
+    requests_per_pass = [len({row for row in batch}) for batch in rows[1:]]
+    assert max(requests_per_pass) > 1, requests_per_pass
+    assert len(rows) < 21  # fewer passes than requests
+
+
+def test_a_failing_forward_fails_every_waiting_request() -> None:
+    async def body(batcher):
+        results = await asyncio.gather(
+            *(rewards_of(batcher, [pair(1), pair(2)]) for _ in range(5)), return_exceptions=True,
+        )
+        assert all(isinstance(r, RuntimeError) for r in results)
+
+    asyncio.run(_with_batcher(FakeBackend(fail=True), body))
+
+
+def test_a_full_queue_refuses_the_whole_request() -> None:
+    async def body(batcher):
+        queued = batcher.submit([pair(1)] * 3)
+        with pytest.raises(QueueFullError, match="3 items, 3 tokens waiting"):
+            batcher.submit([pair(1)] * 2)
+        assert (await queued.outcome()).rewards == [1.0] * 3
+
+    asyncio.run(_with_batcher(FakeBackend(), body, max_queue_items=4))
+
+
+def test_the_queue_is_bounded_in_tokens_too_and_a_request_too_big_for_it_is_told_to_split() -> None:
+    async def body(batcher):
+        queued = batcher.submit([pair(1, 2, 3)] * 2)  # 6 of 8 tokens
+        with pytest.raises(QueueFullError, match="6 tokens waiting"):
+            batcher.submit([pair(1, 2, 3)])
+        with pytest.raises(TooBigForQueueError, match=r"9 tokens.*at most 100 items and 8 tokens: split"):
+            batcher.submit([pair(1, 2, 3)] * 3)
+        await queued.outcome()
+        assert await rewards_of(batcher, [pair(1, 2, 3)] * 2) == [6.0, 6.0]  # room again
+
+    asyncio.run(_with_batcher(FakeBackend(), body, max_queue_items=100, max_queue_tokens=8))
+
+
+def test_cancelled_items_are_not_computed() -> None:
+    backend = FakeBackend()
+
+    async def body(batcher):
+        assert batcher.submit([pair(9)] * 5).cancel() == 5
+        assert await rewards_of(batcher, [pair(1)]) == [1.0]
+
+    asyncio.run(_with_batcher(backend, body))
+    assert sum(backend.batches) == 1
+
+
+def test_workers_compute_that_many_batches_at_once_and_no_more() -> None:
+    running, peak, lock = 0, 0, threading.Lock()
+    release = threading.Event()
+
+    def slow_score(batch):
+        nonlocal running, peak
+        with lock:
+            running += 1
+            peak = max(peak, running)
+        release.wait(timeout=5)
+        with lock:
+            running -= 1
+        return [float(sum(p.input_ids)) for p in batch]
+
+    async def main():
+        with ThreadPoolExecutor(2, thread_name_prefix="forward") as executor:
+            batcher = Batcher(slow_score, executor, BatchLimits(1, 4096), max_wait_s=0,
+                              max_queue_items=100, workers=2)
+            batcher.start()
+            submission = batcher.submit([pair(i) for i in range(6)])
+            await asyncio.sleep(0.2)  # both workers are now blocked in slow_score
+            release.set()
+            rewards = (await asyncio.wait_for(submission.outcome(), timeout=10)).rewards
+            await batcher.stop()
+        return rewards
+
+    assert asyncio.run(main()) == [float(i) for i in range(6)]
+    assert peak == 2
+
+
+def test_request_timing_holds_the_longest_wait_and_every_forward_pass_that_carried_it() -> None:
+    class SlowBackend(FakeBackend):
+        def score(self, batch):
+            time.sleep(0.05)
+            return super().score(batch)
+
+    backend = SlowBackend()
+
+    async def body(batcher):
+        # 3 rows with a 2-row cap: the first request spans two forward passes.
+        first = batcher.submit([pair(1), pair(2), pair(3)])
+        second = batcher.submit([pair(4)])
+        split, alone = await asyncio.gather(first.outcome(), second.outcome())
+        return split.timing, alone.timing
+
+    split, alone = asyncio.run(_with_batcher(backend, body, limits=BatchLimits(2, 4096)))
+    assert backend.batches == [2, 2]
+    assert 0.1 <= split.compute_s < 2.0  # both passes (the bound only guards against nonsense)
+    assert 0.05 <= alone.compute_s < split.compute_s  # only the second
+    assert alone.queue_s >= 0.05  # waited for the first pass
+
+
+class GatedBackend(FakeBackend):
+    """Holds its first forward pass until released, so a backlog can pile up behind it; records
+    which items each pass computed."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.gate = threading.Event()
+        self.computed: list[tuple[int, ...]] = []
+
+    def score(self, batch):
+        self.gate.wait(timeout=10)
+        self.computed.extend(p.input_ids for p in batch)
+        return super().score(batch)
+
+
+async def _gated(body, *, aging_s: float = 60.0, max_pairs: int = 4):
+    backend = GatedBackend()
+    with ThreadPoolExecutor(1) as executor:
+        batcher = Batcher(backend.score, executor, BatchLimits(max_pairs, 4096), max_wait_s=0,
+                          max_queue_items=10_000, priority_aging_s=aging_s)
+        batcher.start()
+        try:
+            return await body(batcher, backend)
+        finally:
+            backend.gate.set()
+            await batcher.stop()
+
+
+def test_a_high_priority_request_behind_a_large_backlog_finishes_first() -> None:
+    async def body(batcher, backend):
+        finished: list[str] = []
+
+        async def request(name: str, items, priority: int) -> None:
+            await rewards_of(batcher, items, priority=priority)
+            finished.append(name)
+
+        blocker = asyncio.create_task(request("blocker", [pair(0)], 0))
+        await asyncio.sleep(0.05)  # the blocker's pass has started and holds the worker
+        backlog = [asyncio.create_task(request(f"bulk-{r}", [pair(1, r, i) for i in range(8)], 0))
+                   for r in range(50)]
+        await asyncio.sleep(0.05)
+        urgent = asyncio.create_task(request("urgent", [pair(2, i) for i in range(4)], 10))
+        await asyncio.sleep(0.05)
+        backend.gate.set()
+        await asyncio.gather(blocker, urgent, *backlog)
+        return finished, backend.computed
+
+    finished, computed = asyncio.run(_gated(body))
+    assert finished[:2] == ["blocker", "urgent"], finished[:5]
+    assert computed[1:5] == [(2, i) for i in range(4)]  # the very next pass, all four items
+    assert len(finished) == 52
+
+
+def test_waiting_raises_priority_so_bulk_work_is_not_starved() -> None:
+    async def body(batcher, backend):
+        blocker = batcher.submit([pair(0)])
+        await asyncio.sleep(0.05)
+        old = batcher.submit([pair(1)], priority=0)
+        await asyncio.sleep(0.3)  # three aging periods: effective priority 3
+        newer = batcher.submit([pair(2)], priority=2)
+        backend.gate.set()
+        await asyncio.gather(blocker.outcome(), old.outcome(), newer.outcome())
+        return backend.computed
+
+    computed = asyncio.run(_gated(body, aging_s=0.1))
+    assert computed == [(0,), (1,), (2,)]
