@@ -4,21 +4,31 @@
 #   docker build --build-arg VARIANT=gpu -t rmserve:0.1.0-gpu .    CUDA 13 + cuDNN 9 runtime, torch's CUDA wheel, the gpu extra
 # The model store is /models (RMSERVE_STORE): mount one there, or keep the demo model baked in at build
 # time (BUILD_DEMO=true, the default; about 2½ minutes of CPU training).
+# Both base images are build arguments. CI (.ci/build-image) builds with buildah, from a Debian
+# bookworm base made with debootstrap (its python3 is 3.11, as is the CPU wheel of torch that can be
+# installed there) and pip given only a local wheelhouse: PIP_NO_INDEX=1, PIP_FIND_LINKS=<mounted dir>.
 
 ARG VARIANT=cpu
 ARG PYTHON_IMAGE=python:3.12-slim-bookworm
 # torch 2.13.0's default wheel and onnxruntime-gpu are built for CUDA 13 and cuDNN 9.
 ARG CUDA_IMAGE=nvidia/cuda:13.0.2-cudnn-runtime-ubuntu24.04
 
-# The wheel (pure Python: one builder for both variants).
+# The wheel (pure Python: one builder for both variants). pip from a venv, as a Debian base's python3
+# has none. pip's own settings as build arguments, for builds without an index (see above).
 FROM ${PYTHON_IMAGE} AS builder
+ARG PIP_NO_INDEX
+ARG PIP_FIND_LINKS
 WORKDIR /src
 COPY pyproject.toml README.md ./
 COPY service ./service
 COPY model_store ./model_store
-RUN pip wheel --no-cache-dir --no-deps --wheel-dir /wheels .
+COPY rmserve_client ./rmserve_client
+COPY rmserve_train ./rmserve_train
+RUN python3 -m venv /tmp/build \
+    && /tmp/build/bin/pip wheel --no-cache-dir --no-deps --wheel-dir /wheels .
 
-# Python 3.12 and tini (PID 1: forwards SIGTERM to the server, reaps children) on each base.
+# Python (3.12 in the default images) and tini (PID 1: forwards SIGTERM to the server, reaps
+# children) on each base.
 FROM ${PYTHON_IMAGE} AS base-cpu
 # hadolint ignore=DL3008
 RUN apt-get update \
@@ -40,6 +50,8 @@ LABEL org.opencontainers.image.title="rmserve" \
       org.opencontainers.image.description="Reward-model scoring service: rewards for (prompt, response) pairs over HTTP and gRPC"
 ARG TORCH_VERSION=2.13.0
 ARG BUILD_DEMO=true
+ARG PIP_NO_INDEX
+ARG PIP_FIND_LINKS
 # Hugging Face's cache under /tmp, the one writable place with a read-only root filesystem (the chart's);
 # no progress bars, which would break the JSON log lines; bind every address, not just loopback.
 ENV PATH=/opt/venv/bin:$PATH \
@@ -54,7 +66,8 @@ ENV PATH=/opt/venv/bin:$PATH \
 
 # torch first, pinned (as .ci/setup does): the project's torch>=2.4 then keeps it. The CPU variant
 # takes the CPU wheel, not PyPI's multi-GB CUDA build; the GPU variant adds the gpu extra
-# (onnxruntime-gpu) where the CPU one has the onnx extra.
+# (onnxruntime-gpu) where the CPU one has the onnx extra. (With PIP_NO_INDEX, pip ignores the index
+# URL and takes torch from the wheelhouse.)
 SHELL ["/bin/sh", "-eu", "-c"]
 RUN python3 -m venv /opt/venv \
     && if [ "$VARIANT" = gpu ]; then \
@@ -63,10 +76,11 @@ RUN python3 -m venv /opt/venv \
          pip install --no-cache-dir --index-url https://download.pytorch.org/whl/cpu "torch==${TORCH_VERSION}"; \
        fi
 COPY --from=builder /wheels /wheels
-# The local wheel is this build's version; its dependencies keep the ranges of pyproject.toml.
+# The local wheel is this build's version, with the server extra and the backend's; its dependencies
+# keep the ranges of pyproject.toml.
 # hadolint ignore=DL3013
 RUN extra=onnx; [ "$VARIANT" != gpu ] || extra=gpu; set -- /wheels/rmserve-*.whl; \
-    pip install --no-cache-dir "$1[$extra]" \
+    pip install --no-cache-dir "$1[server,$extra]" \
     && rm -rf /wheels \
     && groupadd --system --gid 10001 rmserve \
     && useradd --system --uid 10001 --gid rmserve --home-dir /home/rmserve --create-home rmserve \

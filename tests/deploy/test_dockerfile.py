@@ -1,5 +1,5 @@
 """The Dockerfile agrees with the server (ports, health path, RMSERVE_* names), the chart and
-.ci/setup, and passes hadolint. The image itself is built only where a Docker engine runs."""
+.ci/setup, and passes hadolint. test_image.py builds the image and runs it."""
 
 from __future__ import annotations
 
@@ -58,6 +58,36 @@ def env() -> dict[str, str]:
 def exec_form(keyword: str) -> list[str]:
     (arguments,) = [a for k, a in runtime_stage() if k == keyword]
     return json.loads(arguments)  # exec form, or this raises: no shell in between
+
+
+def stages() -> dict[str, list[tuple[str, str]]]:
+    """Each stage's instructions by its name (FROM IMAGE AS NAME)."""
+    result: dict[str, list[tuple[str, str]]] = {}
+    for keyword, arguments in instructions():
+        if keyword == "FROM":
+            name = arguments.split()[-1]
+            result[name] = []
+        elif result:
+            result[name].append((keyword, arguments))
+    return result
+
+
+def test_base_images_are_build_arguments_defaulting_to_the_public_ones() -> None:
+    steps = instructions()
+    first_from = next(i for i, (keyword, _) in enumerate(steps) if keyword == "FROM")
+    defaults = dict(a.split("=", 1) for k, a in steps[:first_from] if k == "ARG" and "=" in a)
+    assert defaults["PYTHON_IMAGE"].startswith("python:3.12-slim")
+    assert defaults["CUDA_IMAGE"].startswith("nvidia/cuda:")
+    assert {a.split()[0] for k, a in steps if k == "FROM"} >= {"${PYTHON_IMAGE}", "${CUDA_IMAGE}"}
+
+
+def test_every_stage_that_runs_pip_takes_pips_settings() -> None:
+    """.ci/build-image builds without an index: PIP_NO_INDEX and PIP_FIND_LINKS, as build arguments,
+    must reach each stage whose RUN calls pip."""
+    for name, steps in stages().items():
+        if any(k == "RUN" and "pip " in a for k, a in steps):
+            declared = {a.split("=")[0] for k, a in steps if k == "ARG"}
+            assert {"PIP_NO_INDEX", "PIP_FIND_LINKS"} <= declared, name
 
 
 def test_exposed_ports_are_the_servers_defaults() -> None:
