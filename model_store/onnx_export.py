@@ -13,24 +13,28 @@ import shutil
 import time
 import warnings
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 
 from model_store.manifest import OnnxExport
+from model_store.onnx_parity import (
+    FP16_MIN_RANKING_AGREEMENT,
+    FP32_TOLERANCE,
+    PARITY_INPUTS,
+    ParityReport,
+    check_parity,
+    ranking_agreement,
+)
 from model_store.store import ModelStore, ModelStoreError, StoredModel
+
+# Also importable from here: the parity check's figures, which tests and tools read with the export.
+__all__ = ["FP32_TOLERANCE", "ExportError", "ParityReport", "export_onnx", "ranking_agreement"]
 
 GRAPH_FILE = "onnx/model.onnx"
 DEFAULT_OPSET = 17
 OPSETS = range(14, 21)  # what the TorchScript exporter writes and ONNX Runtime's fusions know
-FP32_TOLERANCE = 1e-4
-# fp16 exports must order the checked inputs as PyTorch does, bar near-ties.
-FP16_MIN_RANKING_AGREEMENT = 0.95
-PARITY_INPUTS = 24
-_PARITY_MAX_TOKENS = 256
 # Protobuf cannot hold more than 2 GiB: larger graphs keep their weights in model.onnx.data.
 _EXTERNAL_DATA_BYTES = 1 << 30
 
@@ -82,19 +86,6 @@ class RewardGraph(torch.nn.Module):
         return self.last_token_head(hidden[torch.arange(hidden.shape[0]), last])[:, 0]
 
 
-@dataclass(frozen=True)
-class ParityReport:
-    """How the export's rewards compare with unbatched PyTorch rewards on the same inputs."""
-
-    inputs: int
-    max_abs_diff: float
-    ranking_agreement: float
-
-    def as_dict(self) -> dict[str, float]:
-        return {"inputs": self.inputs, "max_abs_diff": self.max_abs_diff,
-                "ranking_agreement": self.ranking_agreement}
-
-
 def export_onnx(
     store: ModelStore,
     ref: str,
@@ -118,27 +109,12 @@ def export_onnx(
     store.verify(stored)
     staging = store.staging_folder(stored)
     try:
-        progress(f"loading {stored.manifest.ref} from {stored.path}")
-        from transformers import AutoModelForSequenceClassification
-
-        # Eager attention exports as plain MatMul/Softmax, which ONNX Runtime fuses into its
-        # own Attention kernels; the SDPA export is not recognised by those fusions.
-        model = AutoModelForSequenceClassification.from_pretrained(
-            stored.path, attn_implementation="eager", dtype=torch.float32
-        ).eval()
-        graph = RewardGraph(model).eval()
-        progress(f"exporting the graph (opset {opset})")
-        _trace(graph, staging / "raw" / "model.onnx", opset)
-        graph_file = staging / "onnx" / "model.onnx"
-        if optimize or fp16:
-            progress("optimizing (ONNX Runtime fusions)" if optimize else "converting to float16")
-        _transform(
-            staging / "raw" / "model.onnx", graph_file, model.config,
-            decoder=graph.last_token_head is not None, optimize=optimize, fp16=fp16,
-        )
-        shutil.rmtree(staging / "raw")
+        model, graph = _load_graph(stored, progress)
+        graph_file = _build_graph(model, graph, staging, opset=opset, optimize=optimize, fp16=fp16,
+                                  progress=progress)
         progress(f"checking parity with PyTorch on {PARITY_INPUTS} mixed-length inputs")
-        report = check_parity(model, graph, graph_file, max_length=stored.manifest.max_length)
+        report = check_parity(model, graph.input_names(), graph_file, import_onnx_tools()[1],
+                              max_length=stored.manifest.max_length)
         _require_parity(report, fp16=fp16, tolerance=tolerance)
         export = OnnxExport(
             file=GRAPH_FILE, opset=opset, dtype="float16" if fp16 else "float32", optimized=optimize,
@@ -151,6 +127,36 @@ def export_onnx(
         return store.add_folder(stored, "onnx", staging / "onnx", **changes), report
     finally:
         shutil.rmtree(staging, ignore_errors=True)
+
+
+def _load_graph(stored: StoredModel, progress: Progress) -> tuple[Any, RewardGraph]:
+    progress(f"loading {stored.manifest.ref} from {stored.path}")
+    from transformers import AutoModelForSequenceClassification
+
+    # Eager attention exports as plain MatMul/Softmax, which ONNX Runtime fuses into its
+    # own Attention kernels; the SDPA export is not recognised by those fusions.
+    model = AutoModelForSequenceClassification.from_pretrained(
+        stored.path, attn_implementation="eager", dtype=torch.float32
+    ).eval()
+    return model, RewardGraph(model).eval()
+
+
+def _build_graph(
+    model: Any, graph: RewardGraph, staging: Path, *, opset: int, optimize: bool, fp16: bool,
+    progress: Progress,
+) -> Path:
+    """Trace the graph into the staging folder, then optimise or halve it: onnx/model.onnx there."""
+    progress(f"exporting the graph (opset {opset})")
+    _trace(graph, staging / "raw" / "model.onnx", opset)
+    graph_file = staging / "onnx" / "model.onnx"
+    if optimize or fp16:
+        progress("optimizing (ONNX Runtime fusions)" if optimize else "converting to float16")
+    _transform(
+        staging / "raw" / "model.onnx", graph_file, model.config,
+        decoder=graph.last_token_head is not None, optimize=optimize, fp16=fp16,
+    )
+    shutil.rmtree(staging / "raw")
+    return graph_file
 
 
 def _trace(graph: RewardGraph, path: Path, opset: int) -> None:
@@ -201,68 +207,10 @@ def _transform(raw: Path, out: Path, config: Any, *, decoder: bool, optimize: bo
     )
 
 
-def parity_inputs(vocab_size: int, max_length: int, *, seed: int = 0) -> list[np.ndarray]:
-    """Token rows of mixed lengths, from one token to the model's limit (at most 256)."""
-    rng = np.random.default_rng(seed)
-    longest = min(max_length, _PARITY_MAX_TOKENS)
-    lengths = np.unique(np.geomspace(1, longest, PARITY_INPUTS).astype(int))
-    lengths = np.concatenate([lengths, rng.integers(1, longest + 1, PARITY_INPUTS - len(lengths))])
-    return [rng.integers(0, vocab_size, n) for n in lengths]
-
-
-def check_parity(
-    model: torch.nn.Module, graph: RewardGraph, graph_file: Path, *, max_length: int
-) -> ParityReport:
-    """Run the export on one right-padded batch of mixed lengths and each row alone, and
-    compare with an unbatched `model(**inputs).logits` reference per row."""
-    _, ort = import_onnx_tools()
-    rows = parity_inputs(model.config.vocab_size, max_length)
-    names = graph.input_names()
-    with torch.inference_mode():
-        reference = np.array([
-            model(**_reference_inputs(row, names)).logits[0, 0].item() for row in rows
-        ])
-    available = ort.get_available_providers()
-    providers = [p for p in ("CUDAExecutionProvider", "CPUExecutionProvider") if p in available]
-    session = ort.InferenceSession(str(graph_file), providers=providers)
-    batched = session.run(["rewards"], _feeds(rows, names))[0]
-    alone = np.array([session.run(["rewards"], _feeds([row], names))[0][0] for row in rows])
-    worst = float(max(np.abs(batched - reference).max(), np.abs(alone - reference).max()))
-    return ParityReport(len(rows), worst, ranking_agreement(reference, batched))
-
-
-def _reference_inputs(row: np.ndarray, names: list[str]) -> dict[str, torch.Tensor]:
-    ids = torch.from_numpy(row)[None]
-    inputs = {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
-    if "token_type_ids" in names:
-        inputs["token_type_ids"] = _segments(len(row))[None]
-    return inputs
-
-
-def _segments(length: int) -> torch.Tensor:
-    """A second segment over the last third, so token_type_ids are exercised."""
-    segments = torch.zeros(length, dtype=torch.long)
-    segments[length - length // 3 :] = 1
-    return segments
-
-
-def _feeds(rows: list[np.ndarray], names: list[str]) -> dict[str, np.ndarray]:
-    width = max(len(row) for row in rows)
-    feeds = {name: np.zeros((len(rows), width), dtype=np.int64) for name in names}
-    for i, row in enumerate(rows):
-        feeds["input_ids"][i, : len(row)] = row
-        feeds["attention_mask"][i, : len(row)] = 1
-        if "token_type_ids" in feeds:
-            feeds["token_type_ids"][i, : len(row)] = _segments(len(row)).numpy()
-    if "position_ids" in feeds:
-        feeds["position_ids"][:] = np.arange(width)
-    return feeds
-
-
-def ranking_agreement(reference: np.ndarray, candidate: np.ndarray) -> float:
-    """Share of input pairs that both order the same way (Kendall-style, ties agree)."""
-    i, j = np.triu_indices(len(reference), k=1)
-    return float(np.mean(np.sign(reference[i] - reference[j]) == np.sign(candidate[i] - candidate[j])))
+def timed_progress(write: Callable[[str], Any]) -> Progress:
+    """A progress callback that prefixes each step with the seconds since it was made."""
+    start = time.monotonic()
+    return lambda message: write(f"[{time.monotonic() - start:6.1f}s] {message}")
 
 
 def _require_parity(report: ParityReport, *, fp16: bool, tolerance: float) -> None:
@@ -281,8 +229,3 @@ def _require_parity(report: ParityReport, *, fp16: bool, tolerance: float) -> No
             "inputs; the store is unchanged"
         )
 
-
-def timed_progress(write: Callable[[str], Any]) -> Progress:
-    """A progress callback that prefixes each step with the seconds since it was made."""
-    start = time.monotonic()
-    return lambda message: write(f"[{time.monotonic() - start:6.1f}s] {message}")

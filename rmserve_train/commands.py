@@ -18,6 +18,12 @@ from rmserve_train.pairs import DataError
 
 def add_commands(commands: Any, model_actions: Any) -> None:
     """Register the subcommands; each sets `run(args, store) -> exit status`."""
+    _add_train(commands)
+    _add_evaluate(commands)
+    _add_calibrate(model_actions)
+
+
+def _add_train(commands: Any) -> None:
     train = commands.add_parser("train", help="train a Bradley-Terry reward model from preference pairs")
     train.add_argument("--data", type=Path, required=True, metavar="PAIRS",
                        help="JSONL(.gz) of prompt/chosen/rejected (plain or messages) or hh-rlhf transcripts")
@@ -45,6 +51,8 @@ def add_commands(commands: Any, model_actions: Any) -> None:
     _add_store(train)
     train.set_defaults(run=_train)
 
+
+def _add_evaluate(commands: Any) -> None:
     evaluate = commands.add_parser(
         "eval", help="pairwise accuracy, margins and calibration of a model on preference pairs"
     )
@@ -63,6 +71,8 @@ def add_commands(commands: Any, model_actions: Any) -> None:
     _add_store(evaluate)
     evaluate.set_defaults(run=_evaluate)
 
+
+def _add_calibrate(model_actions: Any) -> None:
     calibrate = model_actions.add_parser(
         "calibrate", help="store the mean and std of a model's rewards over a reference set"
     )

@@ -127,26 +127,7 @@ def fit(
     pad_id = training_pad_id(tokenizer.pad_token_id, encoded.dataset,
                              model.get_input_embeddings().num_embeddings)
     on_gpu = options.device != "cpu" and torch.cuda.is_available()
-    config = RewardConfig(
-        output_dir=str(work_dir),
-        num_train_epochs=options.epochs,
-        per_device_train_batch_size=options.batch_pairs,
-        learning_rate=options.learning_rate,
-        warmup_steps=options.warmup_ratio,  # a float below 1 is a fraction of all steps
-        weight_decay=options.weight_decay,
-        lr_scheduler_type="linear",
-        max_length=None,  # inputs are already shortened as the server shortens them
-        remove_unused_columns=False,  # keep the token-type columns for the collator
-        train_sampling_strategy="group_by_length",
-        activation_checkpointing=False,  # small models: memory is not the limit, time is
-        bf16=on_gpu and torch.cuda.is_bf16_supported(),  # mixed precision; weights stay float32
-        use_cpu=not on_gpu,
-        logging_steps=max(1, min(10, len(pairs) // options.batch_pairs // 10)),
-        save_strategy="no",
-        report_to="none",
-        seed=options.seed,
-        disable_tqdm=not options.progress,
-    )
+    config = _reward_config(options, work_dir, len(pairs), on_gpu=on_gpu)
     trainer = RewardTrainer(
         model=model, args=config, train_dataset=encoded.dataset, processing_class=tokenizer,
         data_collator=PreferenceCollator(pad_id),
@@ -174,6 +155,29 @@ def fit(
         "device": "cuda" if on_gpu else "cpu",
         "train_seconds": round(time.perf_counter() - started, 1),
     }
+
+
+def _reward_config(options: TrainOptions, work_dir: Path, pairs: int, *, on_gpu: bool) -> RewardConfig:
+    return RewardConfig(
+        output_dir=str(work_dir),
+        num_train_epochs=options.epochs,
+        per_device_train_batch_size=options.batch_pairs,
+        learning_rate=options.learning_rate,
+        warmup_steps=options.warmup_ratio,  # a float below 1 is a fraction of all steps
+        weight_decay=options.weight_decay,
+        lr_scheduler_type="linear",
+        max_length=None,  # inputs are already shortened as the server shortens them
+        remove_unused_columns=False,  # keep the token-type columns for the collator
+        train_sampling_strategy="group_by_length",
+        activation_checkpointing=False,  # small models: memory is not the limit, time is
+        bf16=on_gpu and torch.cuda.is_bf16_supported(),  # mixed precision; weights stay float32
+        use_cpu=not on_gpu,
+        logging_steps=max(1, min(10, pairs // options.batch_pairs // 10)),
+        save_strategy="no",
+        report_to="none",
+        seed=options.seed,
+        disable_tqdm=not options.progress,
+    )
 
 
 def load_reward_model(base: str) -> Any:

@@ -4,7 +4,7 @@ gRPC server. The only module that wires concrete classes together; it does no wo
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
@@ -29,53 +29,25 @@ def create_app(settings: Settings, sources: list[ModelSource] | None = None) -> 
     metrics = Metrics()
     registry = ModelRegistry()
     lifecycle = Lifecycle(settings, registry, metrics)
-    to_load = sources if sources is not None else locate_models(settings)
     scorer = Scorer(registry, scoring_limits(settings), lifecycle, reward_cache(settings))
     keys = ApiKeys(settings.all_api_keys())
-    grpc_servers: list[GrpcServer] = []
-    stopping: list[asyncio.Task[None]] = []  # held so the tasks are not collected mid-way
-
-    @asynccontextmanager
-    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
-        if settings.grpc_port:
-            grpc_servers.append(await GrpcServer.start(
-                scorer, registry, metrics, host=settings.host, port=settings.grpc_port,
-                max_message_bytes=settings.max_body_bytes, keys=keys, protect_health=settings.protect_health,
-            ))
-
-        async def load() -> None:
-            if await lifecycle.load_all(to_load):
-                for grpc_server in grpc_servers:
-                    await grpc_server.set_serving(True)
-
-        loading = asyncio.create_task(load())
-        try:
-            yield
-        finally:
-            loading.cancel()
-            for grpc_server in grpc_servers:
-                await grpc_server.stop(settings.shutdown_grace_s)
-            await lifecycle.close()
-
-    def begin_shutdown() -> None:
-        """On SIGTERM, before uvicorn stops accepting: not ready at once and no new work (503);
-        gRPC refuses new calls. Admitted requests finish, then the lifespan ends."""
-        lifecycle.begin_drain()
-        loop = asyncio.get_running_loop()
-        for grpc_server in grpc_servers:
-            stopping.append(loop.create_task(grpc_server.stop(settings.shutdown_grace_s)))
-
+    run = _ServerRun(settings, lifecycle, sources if sources is not None else locate_models(settings),
+                     lambda: GrpcServer.start(
+                         scorer, registry, metrics, host=settings.host, port=settings.grpc_port,
+                         max_message_bytes=settings.max_body_bytes, keys=keys,
+                         protect_health=settings.protect_health,
+                     ))
     app = FastAPI(
         title="rmserve",
         summary="Reward-model scoring: scalar rewards for (prompt, response) pairs.",
         version="0.1.0",
-        lifespan=lifespan,
+        lifespan=run.lifespan,
     )
     app.state.scorer = scorer
     app.state.registry = registry
     app.state.lifecycle = lifecycle
     app.state.metrics = metrics
-    app.state.begin_shutdown = begin_shutdown
+    app.state.begin_shutdown = run.begin_shutdown
     install_error_handlers(app)
     app.include_router(router)
     endpoints = {route.path for route in router.routes}  # type: ignore[attr-defined]
@@ -84,6 +56,48 @@ def create_app(settings: Settings, sources: list[ModelSource] | None = None) -> 
     # Outermost, so that every answer (a 401 or a 413 too) is counted and logged.
     app.add_middleware(RequestObserverMiddleware, metrics=metrics, endpoints=endpoints)
     return app
+
+
+class _ServerRun:
+    """What happens while the app runs: gRPC starts beside it, models load in the background,
+    SIGTERM drains, and everything stops with the app."""
+
+    def __init__(
+        self, settings: Settings, lifecycle: Lifecycle, sources: list[ModelSource],
+        start_grpc: Callable[[], Awaitable[GrpcServer]],
+    ) -> None:
+        self._settings = settings
+        self._lifecycle = lifecycle
+        self._sources = sources
+        self._start_grpc = start_grpc
+        self._grpc_servers: list[GrpcServer] = []
+        self._stopping: list[asyncio.Task[None]] = []  # held so the tasks are not collected mid-way
+
+    @asynccontextmanager
+    async def lifespan(self, _: FastAPI) -> AsyncIterator[None]:
+        if self._settings.grpc_port:
+            self._grpc_servers.append(await self._start_grpc())
+        loading = asyncio.create_task(self._load())
+        try:
+            yield
+        finally:
+            loading.cancel()
+            for grpc_server in self._grpc_servers:
+                await grpc_server.stop(self._settings.shutdown_grace_s)
+            await self._lifecycle.close()
+
+    async def _load(self) -> None:
+        if await self._lifecycle.load_all(self._sources):
+            for grpc_server in self._grpc_servers:
+                await grpc_server.set_serving(True)
+
+    def begin_shutdown(self) -> None:
+        """On SIGTERM, before uvicorn stops accepting: not ready at once and no new work (503);
+        gRPC refuses new calls. Admitted requests finish, then the lifespan ends."""
+        self._lifecycle.begin_drain()
+        loop = asyncio.get_running_loop()
+        for grpc_server in self._grpc_servers:
+            self._stopping.append(loop.create_task(grpc_server.stop(self._settings.shutdown_grace_s)))
 
 
 def scoring_limits(settings: Settings) -> ScoringLimits:

@@ -35,7 +35,14 @@ class Metrics:
 
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
-        r = self.registry
+        self._declare_request_metrics(self.registry)
+        self._declare_batch_metrics(self.registry)
+        self._declare_model_metrics(self.registry)
+        self.device_memory = DeviceMemoryCollector()
+        self.registry.register(self.device_memory)
+        ProcessCollector(registry=self.registry)
+
+    def _declare_request_metrics(self, r: CollectorRegistry) -> None:
         per_request = ["model", "version", "endpoint"]
         self.requests = Counter(
             "rmserve_requests", "Requests answered (HTTP requests and gRPC calls)", [*per_request, "code"],
@@ -52,6 +59,8 @@ class Metrics:
         self.inflight = Gauge(
             "rmserve_inflight_requests", "HTTP requests being handled now", ["endpoint"], registry=r
         )
+
+    def _declare_batch_metrics(self, r: CollectorRegistry) -> None:
         self.items = Counter("rmserve_items", "Items scored", ["model", "version"], registry=r)
         self.tokens = Counter("rmserve_tokens", "Tokens scored", ["model", "version"], registry=r)
         self.queue_wait = Histogram(
@@ -74,6 +83,8 @@ class Metrics:
             "rmserve_padding_ratio", "Share of padded tokens in a forward pass",
             ["model", "version"], buckets=_RATIO_BUCKETS, registry=r,
         )
+
+    def _declare_model_metrics(self, r: CollectorRegistry) -> None:
         self.dropped_items = Counter(
             "rmserve_dropped_items", "Queued items dropped uncomputed: deadline passed, client gone",
             ["model", "version", "reason"], registry=r,
@@ -103,9 +114,6 @@ class Metrics:
             "rmserve_model_ready", "1 once the model is loaded, warmed up and served; 0 before",
             ["model", "version"], registry=r,
         )
-        self.device_memory = DeviceMemoryCollector()
-        r.register(self.device_memory)
-        ProcessCollector(registry=r)
 
     def count_request(
         self, *, model: str, version: str, endpoint: str, code: str, error_type: str | None, duration_s: float

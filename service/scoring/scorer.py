@@ -94,8 +94,10 @@ class Scorer:
     ) -> tuple[list[float], BatchedRewards]:
         """Raw rewards in order: from the cache where it has them, the rest computed."""
         cache = self._cache
-        keys = [cache_key(served.name, served.version, p) for p in prepared.pairs] if cache is not None else []
-        cached = [cache.get(key) for key in keys] if cache is not None else [None] * len(items)
+        keys, cached = [], [None] * len(items)
+        if cache is not None:
+            keys = [cache_key(served.name, served.version, pair) for pair in prepared.pairs]
+            cached = [cache.get(key) for key in keys]
         todo = [i for i, reward in enumerate(cached) if reward is None]
         if cache is not None:
             served.metrics.cache_hits.inc(len(items) - len(todo))

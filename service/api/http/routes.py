@@ -25,11 +25,10 @@ from service.api.http.schemas import (
     Usage,
 )
 from service.api.observe import RequestObservation
-from service.lifecycle import Lifecycle
 from service.metrics import Metrics
 from service.scoring.errors import ClientGoneError
 from service.scoring.registry import ModelRegistry
-from service.scoring.scorer import Scorer
+from service.scoring.scorer import Readiness, Scorer
 
 router = APIRouter()
 
@@ -57,7 +56,7 @@ def get_metrics(request: Request) -> Metrics:
     return request.app.state.metrics
 
 
-def get_lifecycle(request: Request) -> Lifecycle:
+def get_readiness(request: Request) -> Readiness:
     return request.app.state.lifecycle
 
 
@@ -192,9 +191,9 @@ async def healthz() -> dict[str, str]:
 
 
 @router.get("/readyz", responses={503: {"model": ErrorResponse}})
-async def readyz(request: Request, lifecycle: Annotated[Lifecycle, Depends(get_lifecycle)]) -> JSONResponse:
+async def readyz(request: Request, readiness: Annotated[Readiness, Depends(get_readiness)]) -> JSONResponse:
     """Ready: every model is loaded and warmed up."""
-    if reason := lifecycle.not_ready_reason:
+    if reason := readiness.not_ready_reason:
         return error_response(503, "not_ready", reason, request)
     return JSONResponse({"status": "ready"})
 
