@@ -11,7 +11,15 @@ from pydantic_settings import BaseSettings, CliSuppress, NoDecode, SettingsConfi
 
 from model_store.demo.build import DEMO_MODEL
 from model_store.store import DEFAULT_STORE
-from service.api.auth import ApiKeyConfigError, is_loopback, keys_from_env, keys_from_file, split_keys
+from service.api.auth import (
+    MIN_KEY_CHARS,
+    ApiKeyConfigError,
+    is_loopback,
+    keys_from_env,
+    keys_from_file,
+    short_keys,
+    split_keys,
+)
 
 DEFAULT_MODEL = DEMO_MODEL
 
@@ -142,9 +150,13 @@ class Settings(BaseSettings):
         """Keys from RMSERVE_API_KEYS and --api-keys-file; empty means no authentication, which
         is logged as a warning when the server is reachable from other machines. Called once, at
         start, by the composition root."""
+        log = logging.getLogger("rmserve.auth")
         if not self._keys and not is_loopback(self.host):
-            logging.getLogger("rmserve.auth").warning(
+            log.warning(
                 "no API keys configured and binding %s: anyone who can reach this server can score "
                 "and list models; set RMSERVE_API_KEYS or --api-keys-file", self.host,
             )
+        if short := short_keys(self._keys):
+            log.warning("API key(s) %s are shorter than %d characters: easy to guess; use long "
+                        "random keys", ", ".join(map(str, short)), MIN_KEY_CHARS)
         return list(self._keys)

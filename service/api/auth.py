@@ -15,6 +15,7 @@ UNAUTHORIZED_MESSAGE = "missing or invalid API key: send the header `Authorizati
 # Visible ASCII only: what an HTTP header and gRPC metadata carry unchanged. A key with a space
 # would also be a sign of a misread line ("key # comment").
 _KEY_PATTERN = re.compile(r"[\x21-\x7e]+")
+MIN_KEY_CHARS = 16
 
 
 class ApiKeyConfigError(ValueError):
@@ -29,7 +30,15 @@ def check_key(key: str, where: str) -> str:
             f"{where}: an API key must be visible ASCII characters, without spaces or control "
             "characters (comments go on their own line, starting with #)"
         )
+    if key.startswith("#"):
+        # "#key" is how one comments a key out; taking it as a key would keep a key meant to be off.
+        raise ApiKeyConfigError(f"{where}: an API key cannot start with # (a comment in a keys file)")
     return key
+
+
+def short_keys(keys: list[str]) -> list[int]:
+    """Numbers (from 1) of the keys shorter than MIN_KEY_CHARS: guessable, worth a warning."""
+    return [number for number, key in enumerate(keys, 1) if len(key) < MIN_KEY_CHARS]
 
 
 def split_keys(value: str) -> list[str]:

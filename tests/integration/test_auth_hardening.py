@@ -39,6 +39,7 @@ REFUSED_SETTINGS = [
     ("  # none\n\t# still none\n\n   \n", {}, [], "holds no key (only blank lines and # comments)"),
     (None, {"RMSERVE_API_KEYS": f"{KEY} other"}, [], "RMSERVE_API_KEYS, key 1: an API key must be"),
     (None, {"RMSERVE_API_KEYS": f"{KEY},\x7fdel"}, [], "RMSERVE_API_KEYS, key 2: an API key must be"),
+    (None, {"RMSERVE_API_KEYS": f"#{KEY}"}, [], "RMSERVE_API_KEYS, key 1: an API key cannot start with #"),
     (f"{KEY} # prod\n", {}, [], "line 1: an API key must be visible ASCII"),
     (f"# a\n{KEY}\nsecond key\n", {}, [], "line 3: an API key must be visible ASCII"),
     ("<missing>", {}, [], "cannot read it"),
@@ -200,3 +201,13 @@ def test_keys_silence_the_warning(clean_env: pytest.MonkeyPatch, caplog: pytest.
     with caplog.at_level(logging.WARNING, logger="rmserve.auth"):
         assert Settings(_cli_parse_args=["--host", "0.0.0.0"]).all_api_keys() == [KEY]
     assert not [r for r in caplog.records if r.name == "rmserve.auth"]
+
+
+def test_a_short_key_is_logged_as_a_warning(
+    clean_env: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    clean_env.setenv("RMSERVE_API_KEYS", f"{KEY},zq9")
+    with caplog.at_level(logging.WARNING, logger="rmserve.auth"):
+        assert Settings(_cli_parse_args=[]).all_api_keys() == [KEY, "zq9"]
+    (warning,) = [r.getMessage() for r in caplog.records if r.name == "rmserve.auth"]
+    assert "API key(s) 2 are shorter than 16 characters" in warning and "zq9" not in warning
