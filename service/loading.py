@@ -9,7 +9,14 @@ from typing import Any, Literal
 from transformers import AutoTokenizer
 
 from model_store.onnx_export import GRAPH_FILE
-from model_store.store import ModelStore, ModelStoreError, check_name, max_length_of, read_config
+from model_store.store import (
+    ModelStore,
+    ModelStoreError,
+    check_name,
+    checked_ref,
+    max_length_of,
+    read_config,
+)
 
 BackendName = Literal["torch", "onnx"]
 
@@ -83,6 +90,10 @@ def _as_folder(ref: str, store: ModelStore) -> Path | None:
         raise ModelStoreError("empty model reference: give NAME[:VERSION] from the store or a folder")
     folder = Path(ref).expanduser()
     if not folder.is_dir():
+        try:
+            checked_ref(ref)
+        except ModelStoreError as exc:
+            raise ModelStoreError(f"{exc}; nor is it an existing folder") from exc
         return None
     if store.contains(ref):
         if folder.resolve().is_relative_to(store.root.resolve()):
