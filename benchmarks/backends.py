@@ -27,15 +27,11 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from load import (
-    HH_DATA,
-    LoadResult,
-    Workload,
-    bench_server,
-    build_workload,
-    free_port,
-)
+from harness import free_port
+from hh_rlhf import HH_DATA
+from loadgen import LoadResult, bench_server
 from transformers import AutoModelForSequenceClassification
+from workload import Workload, build_workload
 
 from model_store.onnx_export import export_onnx, timed_progress
 from model_store.store import DEFAULT_STORE, ModelStore

@@ -28,8 +28,10 @@ from pathlib import Path
 
 import aiohttp
 import torch
-from load import WORDS, cpu_seconds, free_port, machine_busy_seconds, percentile, server_process
+from harness import free_port, server_process
+from loadgen import cpu_seconds, machine_busy_seconds, percentile
 from transformers import AutoTokenizer
+from workload import WORDS
 
 
 def text_of(tokenizer: object, rng: random.Random, tokens: int) -> str:

@@ -26,7 +26,9 @@ from typing import Any
 
 import grpc
 import httpx
-from load import HH_DATA, build_workload, free_port, server_process
+from harness import free_port, server_process
+from hh_rlhf import HH_DATA
+from workload import build_workload
 
 from model_store.store import DEFAULT_STORE, ModelStore
 from service.api.grpc import rmserve_pb2 as pb
