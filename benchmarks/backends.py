@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from harness import free_port
+from harness import free_port, serve_command
 from hh_rlhf import HH_DATA
 from loadgen import LoadResult, bench_server
 from transformers import AutoModelForSequenceClassification
@@ -38,7 +38,7 @@ from model_store.store import DEFAULT_STORE, ModelStore
 from service.backends.base import EncodedPair
 from service.backends.onnx_backend import OnnxBackend
 from service.backends.torch_backend import TorchBackend
-from service.loading import load_tokenizer, locate_model
+from service.loading import ModelSource, load_tokenizer, locate_model
 from service.scoring.formatting import InputFormatter
 from service.scoring.items import PromptResponse
 
@@ -168,6 +168,58 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
+def offline_parts(
+    args: argparse.Namespace, source: ModelSource, tokenizer: Any, workloads: list[Workload]
+) -> tuple[dict[str, dict[str, dict[int, float]]], dict[int, dict[str, float]]]:
+    """Parts (1) and (2), in this process: offline pairs/s per workload, ms per forward by length."""
+    offline: dict[str, dict[str, dict[int, float]]] = {}
+    by_length: dict[int, dict[str, float]] = {}
+    if not {"offline", "lengths"} & set(args.parts):
+        return offline, by_length
+    formatter = InputFormatter(tokenizer, source.max_length)
+    pad = tokenizer.pad_token_id
+    backends = {
+        "torch": TorchBackend.load(
+            source.path, pad_token_id=pad, device=args.device, dtype=args.torch_dtype
+        ),
+        "onnx": OnnxBackend.load(source.onnx_file, pad_token_id=pad, device=args.device),
+    }
+    print(f"offline devices: torch {backends['torch'].info.device}, onnx {backends['onnx'].info.device}")
+    for workload in workloads if "offline" in args.parts else []:
+        pairs = [PromptResponse(p, r) for p, r in workload.pairs[: args.offline_pairs]]
+        rows = [item.pair for item in formatter.format(pairs)]
+        offline[workload.name] = run_offline(backends, rows, args.offline_cap_s)
+    if "lengths" in args.parts:
+        eager = AutoModelForSequenceClassification.from_pretrained(
+            source.path, attn_implementation="eager", dtype=getattr(torch, args.torch_dtype)
+        )
+        backends = {"torch": backends["torch"],
+                    "torch-eager": TorchBackend(eager.to(args.device).eval(), pad_token_id=pad,
+                                                device=torch.device(args.device)),
+                    "onnx": backends["onnx"]}
+        by_length = run_by_length(backends, len(tokenizer), source.max_length)
+    return offline, by_length
+
+
+def served_part(
+    args: argparse.Namespace, workloads: list[Workload]
+) -> dict[str, dict[str, list[LoadResult]]]:
+    """Part (3): `rmserve serve --backend torch`, then `--backend onnx`, under the same load."""
+    served: dict[str, dict[str, list[LoadResult]]] = {}
+    if "served" not in args.parts:
+        return served
+    with tempfile.TemporaryDirectory(prefix="rmserve-backends-") as tmp:
+        for backend in ("torch", "onnx"):
+            port = free_port()
+            dtype = ["--dtype", args.torch_dtype] if backend == "torch" else []
+            command = serve_command("--model", args.model, "--device", args.device, "--backend", backend,
+                                    *dtype, *shlex.split(args.server_args), port=port, store=args.store)
+            per = bench_server(f"rmserve-{backend}", command, port, workloads, args, Path(tmp))
+            for name, results in per.items():
+                served.setdefault(name, {})[f"rmserve-{backend}"] = results
+    return served
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     started = time.monotonic()
@@ -175,51 +227,15 @@ def main(argv: list[str] | None = None) -> int:
     ensure_export(store, args.model, fp16=args.fp16, optimize=args.optimize)
     source = locate_model(args.model, store, "onnx")
     tokenizer = load_tokenizer(source.path)
-    formatter = InputFormatter(tokenizer, source.max_length)
     workloads = [build_workload(w, tokenizer, args.data, args.pairs, source.max_length)
                  for w in args.workload]
     export = store.get(args.model).manifest.onnx
     print(f"model {args.model}: torch {torch.__version__} {args.torch_dtype} vs ONNX export "
           f"{export.dtype} optimized={export.optimized} (opset {export.opset}); {os.cpu_count()} CPUs, "
           f"device {args.device}" + (f" ({torch.cuda.get_device_name()})" if args.device != "cpu" else ""))
-    offline: dict[str, dict[str, dict[int, float]]] = {}
-    by_length: dict[int, dict[str, float]] = {}
-    if {"offline", "lengths"} & set(args.parts):
-        pad = tokenizer.pad_token_id
-        backends = {
-            "torch": TorchBackend.load(
-                source.path, pad_token_id=pad, device=args.device, dtype=args.torch_dtype
-            ),
-            "onnx": OnnxBackend.load(source.onnx_file, pad_token_id=pad, device=args.device),
-        }
-        print(f"offline devices: torch {backends['torch'].info.device}, onnx {backends['onnx'].info.device}")
-        for workload in workloads if "offline" in args.parts else []:
-            pairs = [PromptResponse(p, r) for p, r in workload.pairs[: args.offline_pairs]]
-            rows = [item.pair for item in formatter.format(pairs)]
-            offline[workload.name] = run_offline(backends, rows, args.offline_cap_s)
-        if "lengths" in args.parts:
-            eager = AutoModelForSequenceClassification.from_pretrained(
-                source.path, attn_implementation="eager", dtype=getattr(torch, args.torch_dtype)
-            )
-            backends = {"torch": backends["torch"],
-                        "torch-eager": TorchBackend(eager.to(args.device).eval(), pad_token_id=pad,
-                                                    device=torch.device(args.device)),
-                        "onnx": backends["onnx"]}
-            by_length = run_by_length(backends, len(tokenizer), source.max_length)
-        del backends
-    served: dict[str, dict[str, list[LoadResult]]] = {}
-    if "served" in args.parts:
-        with tempfile.TemporaryDirectory(prefix="rmserve-backends-") as tmp:
-            for backend in ("torch", "onnx"):
-                port = free_port()
-                dtype = ["--dtype", args.torch_dtype] if backend == "torch" else []
-                command = [sys.executable, "-m", "service.cli", "serve", "--model", args.model,
-                           "--store", str(args.store), "--host", "127.0.0.1", "--port", str(port),
-                           "--device", args.device, "--backend", backend, "--grpc-port", "0", *dtype,
-                           *shlex.split(args.server_args)]
-                per = bench_server(f"rmserve-{backend}", command, port, workloads, args, Path(tmp))
-                for name, results in per.items():
-                    served.setdefault(name, {})[f"rmserve-{backend}"] = results
+    # offline_parts' backends are freed when it returns, before the servers load their own copies.
+    offline, by_length = offline_parts(args, source, tokenizer, workloads)
+    served = served_part(args, workloads)
     summary = {w.name: report(w, offline.get(w.name, {}), served.get(w.name, {})) for w in workloads}
     print(f"\ntotal {time.monotonic() - started:.0f} s")
     if args.json:

