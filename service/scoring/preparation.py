@@ -3,6 +3,7 @@ formatting and tokenising, then the checks on tokens, then prompt grouping."""
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -52,9 +53,28 @@ def check_request(items: Sequence[ScoreInput], limits: ScoringLimits) -> None:
     _check_field_sizes(items, limits.max_chars_per_field)
 
 
-def tokenize(items: Sequence[ScoreInput], formatter: InputFormatter, limits: ScoringLimits) -> PreparedItems:
-    """Format and tokenise (slow for long inputs: call it off the event loop), then check tokens."""
-    formatted = formatter.format(items)
+# Items tokenised at once: enough for the tokenizer's batch encoding to pay off, few enough that
+# a request over the token bound is refused after one chunk of work past it, not all of it.
+_TOKENIZE_CHUNK = 64
+
+
+def tokenize(
+    items: Sequence[ScoreInput], formatter: InputFormatter, limits: ScoringLimits,
+    max_tokens: float = math.inf,
+) -> PreparedItems:
+    """Format and tokenise (slow for long inputs: call it off the event loop), then check tokens.
+    Past `max_tokens` in all (what the queue could ever hold), stop and refuse the request."""
+    formatted: list[FormattedItem] = []
+    tokens = 0
+    for start in range(0, len(items), _TOKENIZE_CHUNK):
+        chunk = formatter.format(items[start : start + _TOKENIZE_CHUNK])
+        formatted += chunk
+        tokens += sum(len(f.pair) for f in chunk)
+        if tokens > max_tokens:
+            raise TooLargeError(
+                f"inputs[:{len(formatted)}] alone hold {tokens} tokens; the queue holds at most "
+                f"{max_tokens:.0f}: split the request"
+            )
     if empty := [i for i, f in enumerate(formatted) if not f.pair.input_ids]:
         # A zero-length row would fail the whole batch it joins, other callers' items included.
         raise InvalidInputError(

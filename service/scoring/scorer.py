@@ -44,6 +44,8 @@ from service.scoring.rewards import (
 )
 
 logger = logging.getLogger("rmserve")
+# How early a cancellation may come and still be the request's deadline (see _compute).
+_DEADLINE_SLACK_S = 0.05
 
 
 class Readiness(Protocol):
@@ -77,8 +79,7 @@ class Scorer:
         check_request(items, self.limits)
         served = self._served(model, options)
         with _attributed_to(served):
-            # Tokenising off the event loop keeps the server answering while long inputs encode.
-            prepared = await asyncio.to_thread(tokenize, items, served.formatter, self.limits)
+            prepared = await self._tokenize(served, items)
             rewards, batched = await self._rewards(served, items, prepared, options, deadline)
             tokens = prepared.tokens
             served.metrics.items.inc(len(items))
@@ -86,6 +87,19 @@ class Scorer:
         return ScoreResult(
             model=served.name, version=served.version, rewards=_as_asked(rewards, served, options),
             truncated=prepared.truncated, tokens=tokens, timing=batched.timing,
+        )
+
+    async def _tokenize(self, served: ServedModel, items: Sequence[ScoreInput]) -> PreparedItems:
+        """Tokenised off the event loop, which keeps answering while long inputs encode, and only
+        if the queue has room for this many items: a full queue refuses before that work."""
+        with _queue_errors():
+            served.batcher.check_room(len(items))
+        # Without prompt sharing every token is queued, so tokenising stops once the queue could
+        # not hold them all; with it, sharing may still bring a long request within the bound.
+        shares = served.backend.shares_prefixes and self.limits.min_shared_prefix_tokens is not None
+        bound = served.batcher.max_queue_tokens or math.inf
+        return await asyncio.to_thread(
+            tokenize, items, served.formatter, self.limits, math.inf if shares else bound
         )
 
     async def _rewards(
@@ -127,14 +141,8 @@ class Scorer:
         )
         served.metrics.shared_prefix_tokens.inc(shared)
         priority = SCORE_PRIORITY if options.priority is None else options.priority
-        try:
+        with _queue_errors():
             submission = served.batcher.submit(pairs, priority)
-        except QueueFullError as exc:
-            raise OverloadedError(str(exc)) from exc
-        except TooBigForQueueError as exc:
-            raise TooLargeError(str(exc)) from exc
-        except BatcherClosedError as exc:
-            raise NotReadyError(str(exc)) from exc
         try:
             async with asyncio.timeout_at(deadline):
                 return await submission.outcome()
@@ -148,7 +156,11 @@ class Scorer:
                     "dropped): allow more time or retry when the server is less busy"
                 ) from None
             if isinstance(exc, asyncio.CancelledError):
-                served.metrics.dropped("disconnected", dropped)
+                # A transport that enforces the same deadline itself (gRPC) may cancel the call
+                # at it a moment before our timer fires: that is still the deadline.
+                now = asyncio.get_running_loop().time()
+                at_deadline = deadline is not None and now >= deadline - _DEADLINE_SLACK_S
+                served.metrics.dropped("deadline" if at_deadline else "disconnected", dropped)
                 raise
             if isinstance(exc, Exception):  # the forward pass failed (e.g. out of memory)
                 error_id = uuid.uuid4().hex[:12]
@@ -175,6 +187,11 @@ class Scorer:
             raise failed.exceptions[0] from None
         components = dict(zip(weights, (task.result() for task in tasks), strict=True))
         total = weighted_sum({name: part.rewards for name, part in components.items()}, weights)
+        if not all(math.isfinite(r) for r in total):  # never a null or an inf on the wire
+            raise InvalidInputError(
+                "the weighted sum of the rewards overflows with these combine weights: use weights "
+                "of a sensible size (e.g. summing to 1)"
+            )
         return CombinedResult(clipped(total, options.clip), components)
 
     async def compare(
@@ -217,6 +234,19 @@ class Scorer:
 
 
 @contextmanager
+def _queue_errors() -> Iterator[None]:
+    """The batcher's refusals in the scoring core's words."""
+    try:
+        yield
+    except QueueFullError as exc:
+        raise OverloadedError(str(exc)) from exc
+    except TooBigForQueueError as exc:
+        raise TooLargeError(str(exc)) from exc
+    except BatcherClosedError as exc:
+        raise NotReadyError(str(exc)) from exc
+
+
+@contextmanager
 def _attributed_to(served: ServedModel) -> Iterator[None]:
     """Errors raised while a model serves the request name it (for the request's metrics)."""
     try:
@@ -230,6 +260,8 @@ def _as_asked(rewards: list[float], served: ServedModel, options: ScoreOptions) 
     """Raw rewards, normalised with the model's statistics and clipped if the request asks."""
     if options.normalize:
         rewards = normalized(rewards, served.normalization, served.name)
+        if not all(math.isfinite(r) for r in rewards):  # a degenerate std in the model's statistics
+            raise InternalScoringError(f"normalising {served.name}'s rewards gave a non-finite number")
     return clipped(rewards, options.clip)
 
 

@@ -4,16 +4,17 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import TypeVar
+from collections.abc import AsyncIterator, Awaitable, Callable, Sized
+from typing import Any, TypeVar
 
 import grpc
 
 from service.api.grpc import rmserve_pb2 as pb
 from service.api.grpc import rmserve_pb2_grpc
+from service.api.grpc.handlers import Malformed
 from service.api.observe import RequestObservation, error_kind, new_error_id, request_id_from
 from service.metrics import Metrics
-from service.scoring.errors import InvalidInputError, ScoringError
+from service.scoring.errors import InvalidInputError, ScoringError, TooManyInputsError
 from service.scoring.items import Conversation, Message, PromptResponse, RawText, ScoreInput
 from service.scoring.options import ScoreOptions
 from service.scoring.registry import ModelRegistry
@@ -36,6 +37,21 @@ def _options(request: pb.ScoreRequest | pb.RankRequest, context: grpc.aio.Servic
         normalize=request.normalize,
         clip=request.clip or None,  # proto3's 0 means unset
     )
+
+
+def _parsed(request: Any) -> Any:
+    """The request, unless its bytes did not parse (handlers.py)."""
+    if isinstance(request, Malformed):
+        raise InvalidInputError(request.description)
+    return request
+
+
+def _count(items: Sized, field: str, limit: int) -> None:
+    """Counted before any item becomes a Python object, as over HTTP."""
+    if len(items) > limit:
+        raise TooManyInputsError(
+            f"{len(items)} {field} in one request; the limit is {limit}: split the request"
+        )
 
 
 def to_items(request: pb.ScoreRequest) -> list[ScoreInput]:
@@ -90,6 +106,8 @@ class RewardServicer(rmserve_pb2_grpc.RewardServiceServicer):
 
     async def Rank(self, request: pb.RankRequest, context: grpc.aio.ServicerContext) -> pb.RankResponse:
         async def rank() -> tuple[pb.RankResponse, Usage]:
+            _parsed(request)
+            _count(request.responses, "responses", self._scorer.max_inputs_per_request)
             if request.HasField("prompt") == bool(request.messages):
                 raise InvalidInputError("give exactly one of 'prompt' or 'messages'")
             conversation = (
@@ -145,6 +163,8 @@ class RewardServicer(rmserve_pb2_grpc.RewardServiceServicer):
         self, request: pb.ScoreRequest, context: grpc.aio.ServicerContext
     ) -> Callable[[], Awaitable[tuple[pb.ScoreResponse, Usage]]]:
         async def score() -> tuple[pb.ScoreResponse, Usage]:
+            _parsed(request)
+            _count(request.inputs, "inputs", self._scorer.max_inputs_per_request)
             options = _options(request, context)
             result = await self._scorer.score(to_items(request), request.model or None, options)
             return _score_reply(result), result.usage
@@ -188,8 +208,11 @@ class RewardServicer(rmserve_pb2_grpc.RewardServiceServicer):
             observation.failed("internal")
             raise _Failed(code, f"internal error (id {error_id}); see the server log") from exc
         except asyncio.CancelledError:
-            code = grpc.StatusCode.CANCELLED
-            observation.failed("cancelled")
+            # gRPC cancels a call at its deadline: then it is a deadline, as over HTTP.
+            remaining = context.time_remaining()
+            expired = remaining is not None and remaining <= 0
+            code = grpc.StatusCode.DEADLINE_EXCEEDED if expired else grpc.StatusCode.CANCELLED
+            observation.failed("deadline_exceeded" if expired else "cancelled")
             raise
         finally:
             observation.answered(code.name, failed=code != grpc.StatusCode.OK)

@@ -9,6 +9,7 @@ from typing import Annotated, TypeVar
 from fastapi import APIRouter, Depends, Request, Response
 from fastapi.responses import JSONResponse
 
+from service.api.http.body_checks import CheckedBodyRoute
 from service.api.http.errors import error_response
 from service.api.http.schemas import (
     CompareRequest,
@@ -30,7 +31,8 @@ from service.scoring.errors import ClientGoneError
 from service.scoring.registry import ModelRegistry
 from service.scoring.scorer import Readiness, Scorer
 
-router = APIRouter()
+# Every route counts its body's items before validating them (body_checks.py).
+router = APIRouter(route_class=CheckedBodyRoute)
 
 _ERRORS = {
     code: {"model": ErrorResponse, "description": text}

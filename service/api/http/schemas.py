@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, model_validator
 
 from service.scoring.items import Conversation, Message, PromptResponse, RawText, ScoreInput
 from service.scoring.options import MAX_PRIORITY, ScoreOptions
+
+# Most messages in one conversation (a chat template renders every one before truncation), and
+# most models one combination may name.
+MAX_MESSAGES, MAX_COMBINED_MODELS = 1024, 16
 
 
 class _Strict(BaseModel):
@@ -27,14 +31,27 @@ class PromptResponseIn(_Strict):
 
 
 class MessagesIn(_Strict):
-    messages: list[MessageIn] = Field(min_length=1)
+    messages: list[MessageIn] = Field(min_length=1, max_length=MAX_MESSAGES, fail_fast=True)
 
 
 class TextIn(_Strict):
     text: str
 
 
-ItemIn = PromptResponseIn | MessagesIn | TextIn
+def _item_kind(item: Any) -> str | None:
+    """Which kind of item an object is, by its fields: one error per bad item, not one per kind."""
+    if isinstance(item, dict):
+        return next((kind for kind in ("messages", "text") if kind in item), "pair")
+    return _KINDS.get(type(item))
+
+
+_KINDS: dict[type, str] = {PromptResponseIn: "pair", MessagesIn: "messages", TextIn: "text"}
+ItemIn = Annotated[
+    Annotated[PromptResponseIn, Tag("pair")] | Annotated[MessagesIn, Tag("messages")]
+    | Annotated[TextIn, Tag("text")],
+    Discriminator(_item_kind, custom_error_type="invalid_item",
+                  custom_error_message="an item is an object with prompt and response, messages, or text"),
+]
 
 
 class _Scheduling(_Strict):
@@ -58,10 +75,10 @@ class _Scheduling(_Strict):
 
 
 class ScoreRequest(_Scheduling):
-    inputs: list[ItemIn] = Field(min_length=1, description="items to score, in order")
+    inputs: list[ItemIn] = Field(min_length=1, fail_fast=True, description="items to score, in order")
     model: str | None = Field(None, description="served model name; default model when absent")
     combine: dict[str, float] | None = Field(
-        None, min_length=1, examples=[{"helpful": 0.7, "harmless": 0.3}],
+        None, min_length=1, max_length=MAX_COMBINED_MODELS, examples=[{"helpful": 0.7, "harmless": 0.3}],
         description="served model -> weight: rewards are the weighted sum of these models' rewards "
         "(each normalised first with normalize: true); instead of `model`",
     )
@@ -97,7 +114,7 @@ class _AfterContext(_Scheduling):
     """Responses to one prompt or conversation (exactly one of them)."""
 
     prompt: str | None = None
-    messages: list[MessageIn] | None = Field(None, min_length=1)
+    messages: list[MessageIn] | None = Field(None, min_length=1, max_length=MAX_MESSAGES, fail_fast=True)
     model: str | None = None
 
     @model_validator(mode="after")
@@ -126,7 +143,7 @@ class CompareResponse(BaseModel):
 
 
 class RankRequest(_AfterContext):
-    responses: list[str] = Field(min_length=1, description="candidate responses to rank")
+    responses: list[str] = Field(min_length=1, fail_fast=True, description="candidate responses to rank")
     top_k: int | None = Field(None, ge=1, description="return only the best k indices")
 
 
@@ -142,8 +159,12 @@ class OpenRLHFRewardRequest(BaseModel):
     """OpenRLHF's remote reward-model request (`--remote_rm_url http://host:port/get_reward`).
     Unknown keys are ignored: OpenRLHF versions add their own."""
 
-    query: list[str] = Field(min_length=1, description="full formatted texts (prompt + response)")
-    prompts: list[str] | None = Field(None, description="the prompts alone (not needed: query has them)")
+    query: list[str] = Field(
+        min_length=1, fail_fast=True, description="full formatted texts (prompt + response)"
+    )
+    prompts: list[str] | None = Field(
+        None, fail_fast=True, description="the prompts alone (not needed: query has them)"
+    )
     labels: list[Any] | None = Field(None, description="reference labels (unused by a reward model)")
     model: str | None = Field(None, description="served model name; default model when absent")
 
