@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 from service.backends.base import EncodedPair
+from service.batching.isolation import Outcome, RowKey, score_apart, unique_rows
 from service.batching.policy import BatchLimits, anchor_index, batch_is_full, select_batch
 
 
@@ -82,6 +83,10 @@ class _Pending:
     future: asyncio.Future[_Computed]
     priority: int = 0
     enqueued_s: float = field(default_factory=time.monotonic)
+    key: RowKey = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.key = RowKey(self.pair)
 
 
 class Submission:
@@ -229,7 +234,11 @@ class Batcher:
             self._priority_aging_s,
         )]
         peers = [p for p in pending if p.priority == anchor.priority]
-        batch = [peers[i] for i in select_batch(self._lengths(peers), peers.index(anchor), self.limits)]
+        chosen = [peers[i] for i in select_batch(self._lengths(peers), peers.index(anchor), self.limits)]
+        # Rows identical to one chosen ride along, whatever their priority: they cost no compute
+        # (computed once) and get the very same reward, e.g. both sides of a compare with a == b.
+        keys = {p.key for p in chosen}
+        batch = [p for p in pending if p.key in keys]
         taken = {id(p) for p in batch}
         self._pending = [p for p in pending if id(p) not in taken]
         self._queued_tokens = sum(self._lengths(self._pending))
@@ -238,30 +247,40 @@ class Batcher:
 
     async def _compute(self, batch: list[_Pending]) -> None:
         started = time.monotonic()
-        pairs = [p.pair for p in batch]
+        unique, index_of = unique_rows([p.pair for p in batch])
         try:
-            rewards = await asyncio.get_running_loop().run_in_executor(
-                self._executor, self._score_batch, pairs
+            outcome = await asyncio.get_running_loop().run_in_executor(
+                self._executor, score_apart, self._score_batch, unique
             )
-            if len(rewards) != len(batch):
-                raise RuntimeError(f"backend returned {len(rewards)} rewards for {len(batch)} rows")
-        except Exception as exc:  # every waiting caller gets the error; nobody hangs
-            for item in batch:
-                if not item.future.done():
-                    item.future.set_exception(exc)
+        except Exception as exc:  # not the model's (score_apart catches those), e.g. a closed pool
+            outcome = Outcome([exc] * len(unique), [])
+        # One serial and the whole time for every row: a request's timing counts the batch once,
+        # retries included.
+        compute_s, serial = time.monotonic() - started, next(self._batch_serials)
+        for item, row in zip(batch, index_of, strict=True):
+            result = outcome.results[row]
+            if item.future.done():
+                continue
+            if isinstance(result, Exception):  # only the rows that failed alone: nobody hangs
+                item.future.set_exception(result)
+            else:
+                item.future.set_result(_Computed(result, started - item.enqueued_s, serial, compute_s))
+        self._report(batch, index_of, outcome, started)
+
+    def _report(self, batch: list[_Pending], index_of: list[int], outcome: Outcome, started: float) -> None:
+        """One report per forward pass that produced rewards, over the items it answered; every
+        item's queue wait is counted once, with the first."""
+        if self._observer is None:
             return
-        inference_s = time.monotonic() - started
-        serial = next(self._batch_serials)
-        for item, reward in zip(batch, rewards, strict=True):
-            if not item.future.done():
-                item.future.set_result(_Computed(reward, started - item.enqueued_s, serial, inference_s))
-        if self._observer is not None:
-            lengths = self._lengths(batch)
+        waits = [started - p.enqueued_s for p in batch]
+        for computed in outcome.passes:
+            rows = set(computed.rows)
+            lengths = self._lengths([p for p, row in zip(batch, index_of, strict=True) if row in rows])
             self._observer.on_batch(BatchReport(
-                size=len(batch), real_tokens=sum(lengths), padded_tokens=len(pairs) * max(lengths),
-                queue_waits_s=[started - p.enqueued_s for p in batch], inference_s=inference_s,
-                queue_depth=len(self._pending),
+                len(lengths), sum(lengths), len(lengths) * max(lengths), waits, computed.seconds,
+                len(self._pending),
             ))
+            waits = []
 
     @staticmethod
     def _lengths(items: Sequence[_Pending]) -> list[int]:
