@@ -34,7 +34,8 @@ def test_the_client_imports_without_torch_fastapi_or_the_server() -> None:
              "print(sorted(m for m in sys.modules if m.split('.')[0] in "
              "{'torch', 'transformers', 'fastapi', 'uvicorn', 'model_store'} "
              "or m.startswith(('service.scoring', 'service.batching', 'service.backends'))))")
-    result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=60, check=True)
+    result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=60,
+                            check=True)
     assert result.stdout.strip() == "[]"
 
 

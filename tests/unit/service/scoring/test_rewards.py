@@ -12,7 +12,7 @@ from service.scoring.rewards import clipped, normalized, preference_probability,
 
 def test_normalized_is_z_scored_with_the_models_statistics() -> None:
     assert normalized([3.0, -1.0], (1.0, 2.0), "rm") == [1.0, -1.0]
-    with pytest.raises(InvalidInputError, match="'rm' has no normalisation statistics.*calibrate"):
+    with pytest.raises(InvalidInputError, match=r"'rm' has no normalisation statistics.*calibrate"):
         normalized([1.0], None, "rm")
 
 

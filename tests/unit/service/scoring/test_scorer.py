@@ -89,6 +89,19 @@ def test_combine_is_the_weighted_sum_clipped(harness: Harness) -> None:
     assert result.usage.tokens == 2 * round(sum(raw) * 10)
 
 
+def test_a_combination_that_overflows_is_refused_never_returned(harness: Harness) -> None:
+    with pytest.raises(InvalidInputError, match="overflows with these combine weights"):
+        harness.run(lambda s: s.combine(ITEMS, {"rm": 1e308, "other": 1e308}))
+
+
+def test_a_full_queue_refuses_before_tokenising(harness: Harness) -> None:
+    served = harness.registry.get("rm")
+    served.formatter = Refusing()  # type: ignore[assignment]
+    served.batcher._max_queue_items = 2  # two items fit in the queue at most
+    with pytest.raises(TooLargeError, match="the queue holds at most 2 items"):
+        harness.run(lambda s: s.score(ITEMS))
+
+
 def test_rank_orders_by_reward_and_compare_gives_the_bradley_terry_probability(harness: Harness) -> None:
     responses = ["short", "a somewhat longer answer", "the longest answer of all of them here"]
     ranked = harness.run(lambda s: s.rank([Message("user", "Q?")], responses, top_k=2))
