@@ -313,11 +313,31 @@ def read_config(folder: Path) -> dict[str, Any]:
 
 
 def max_length_of(folder: Path, config: dict[str, Any]) -> int:
-    """The tokenizer's limit when it states one, else the model's position table."""
+    """The tokenizer's limit when it states one, else the model's position table; never more
+    than an absolute position table holds (a longer row would fail its whole batch)."""
     tokenizer_config = folder / "tokenizer_config.json"
     if tokenizer_config.is_file():
         limit = read_json_object(tokenizer_config).get("model_max_length")
         if isinstance(limit, int | float) and 0 < limit < _UNLIMITED_LENGTH:
-            return int(limit)
+            return min(int(limit), position_limit(config) or _UNLIMITED_LENGTH)
     positions = config.get("max_position_embeddings") or config.get("n_positions")
     return int(positions) if positions else 512
+
+
+# Rotary positions are computed, not looked up: no table to run past.
+_ROTARY_KEYS = ("rope_parameters", "rope_theta", "rope_scaling", "rotary_dim", "rotary_pct")
+# Their position ids start after the padding index, so the table holds pad_token_id + 1 fewer.
+_OFFSET_POSITIONS = frozenset({"roberta", "xlm-roberta", "xlm-roberta-xl", "camembert", "data2vec-text"})
+
+
+def position_limit(config: dict[str, Any]) -> int | None:
+    """The most tokens the model's absolute position table can index; None when it has none."""
+    positions = config.get("max_position_embeddings") or config.get("n_positions")
+    if not isinstance(positions, int) or positions <= 0 or any(k in config for k in _ROTARY_KEYS):
+        return None
+    if config.get("relative_attention") and not config.get("position_biased_input", True):
+        return None  # DeBERTa-v2/v3: relative buckets only
+    if config.get("model_type") in _OFFSET_POSITIONS:
+        pad = config.get("pad_token_id")
+        positions -= (pad if isinstance(pad, int) else 1) + 1
+    return positions

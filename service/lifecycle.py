@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 from concurrent.futures import ThreadPoolExecutor
 
@@ -10,7 +11,7 @@ from model_store.store import ModelStore
 from service.backends.base import Backend
 from service.batching.batcher import Batcher
 from service.batching.policy import BatchLimits
-from service.loading import ModelSource, load_tokenizer, locate_model, refuse_custom_code
+from service.loading import ModelSource, load_tokenizer, locate_model, position_capped, refuse_custom_code
 from service.metrics import Metrics
 from service.scoring.formatting import InputFormatter
 from service.scoring.items import PromptResponse
@@ -112,6 +113,10 @@ class Lifecycle:
             load_tokenizer, source.path, trust_remote_code=source.name in settings.trust_remote_code
         )
         backend = await asyncio.to_thread(load_backend, source, settings, tokenizer.pad_token_id)
+        if (max_length := position_capped(source)) < source.max_length:
+            logger.warning("%s: max length %d capped to the model's %d positions", source.name,
+                           source.max_length, max_length)
+            source = dataclasses.replace(source, max_length=max_length)
         formatter = InputFormatter(tokenizer, source.max_length)
         device = backend.info.device
         if device not in self._executors:  # one pool per device: models on it take turns

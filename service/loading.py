@@ -15,6 +15,7 @@ from model_store.store import (
     check_name,
     checked_ref,
     max_length_of,
+    position_limit,
     read_config,
 )
 
@@ -78,6 +79,13 @@ def locate_model(arg: str, store: ModelStore, backend: BackendName | Literal["au
             f"{ref} has no ONNX export ({GRAPH_FILE}): run `rmserve models export-onnx {ref}` first"
         )
     return source
+
+
+def position_capped(source: ModelSource) -> int:
+    """The source's max length, no more than the model's position table holds: a manifest or a
+    tokenizer may claim more (e.g. 1,000 for 128 positions), and one such row fails its batch."""
+    limit = position_limit(read_config(source.path))
+    return min(source.max_length, limit) if limit else source.max_length
 
 
 def _as_folder(ref: str, store: ModelStore) -> Path | None:
