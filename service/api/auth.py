@@ -1,4 +1,6 @@
-"""API keys: `Authorization: Bearer KEY`, checked in constant time, for HTTP and gRPC alike.
+"""API keys: `Authorization: Bearer KEY`, or HTTP Basic auth with the key as the password (what a
+client sends for a key in its URL, `http://user:KEY@host`, as OpenRLHF's is configured), checked
+in constant time, for HTTP and gRPC alike. A presented key is never logged.
 
 Key configuration fails closed: a key source that is set but holds no usable key is an error,
 never "no authentication".
@@ -6,6 +8,8 @@ never "no authentication".
 
 from __future__ import annotations
 
+import base64
+import binascii
 import hmac
 import ipaddress
 import re
@@ -100,13 +104,34 @@ class ApiKeys:
         return bool(self._keys)
 
     def allows(self, authorization: str | None) -> bool:
-        """Whether the Authorization header carries a known key. Every key is compared, each in
-        constant time, so the answer's timing says nothing about which key came close."""
+        """Whether the Authorization header carries a known key, as a Bearer token or as the
+        password of Basic credentials. Every key is compared, each in constant time, so the
+        answer's timing says nothing about which key came close."""
         if not self._keys:
             return True
-        scheme, _, token = (authorization or "").partition(" ")
-        presented = token.strip().encode()
+        presented = presented_key(authorization)
         matched = False
         for key in self._keys:
-            matched |= hmac.compare_digest(presented, key)
-        return matched and scheme.lower() == "bearer"
+            # An unusable header is compared too (as b""), so it costs what a wrong key costs.
+            matched |= hmac.compare_digest(presented or b"", key)
+        return matched and presented is not None
+
+
+def presented_key(authorization: str | None) -> bytes | None:
+    """The key an Authorization header presents: a Bearer token, or the password of Basic
+    credentials (the user name, when the password is empty: `http://KEY@host`). None for any
+    other scheme or a malformed header."""
+    scheme, _, token = (authorization or "").partition(" ")
+    token = token.strip()
+    if scheme.lower() == "bearer":
+        return token.encode()
+    if scheme.lower() != "basic":
+        return None
+    try:
+        decoded = base64.b64decode(token, validate=True).decode("utf-8")
+    except (binascii.Error, UnicodeDecodeError):
+        return None
+    user, separator, password = decoded.partition(":")
+    if not separator:
+        return None
+    return (password or user).encode()
