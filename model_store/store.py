@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import shutil
@@ -11,16 +10,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from pydantic import ValidationError
-
-from model_store.manifest import (
-    MANIFEST_FILE,
-    Manifest,
-    Normalization,
-    checksum_files,
-    folder_entries,
-    sha256_of,
+from model_store.errors import ModelStoreError
+from model_store.integrity import (
+    check_file,
+    copy_regular_files,
+    read_json_object,
+    read_manifest,
+    refuse_links,
+    refuse_unlisted,
 )
+from model_store.manifest import MANIFEST_FILE, Manifest, Normalization, checksum_files, folder_entries
 
 DEFAULT_STORE = Path("~/.cache/rmserve/models")  # expanded when used, not at import
 # Always used with fullmatch: `$` would also accept a trailing newline. No '/' or '\\', and the
@@ -31,14 +30,8 @@ _NAME_RULE = "1 to 128 letters, digits, '.', '_' or '-', starting with a letter 
 # What the store itself leaves at the top of a version while it works (see add_folder and
 # update_manifest); nothing loads from them, so verification does not count them as model files.
 _WORK_PREFIXES = (".staging-", ".retired-", f".{MANIFEST_FILE}.tmp")
-# Never copied into the store on import.
-_NOT_IMPORTED = (MANIFEST_FILE, ".git", ".cache")
 # Tokenizers report a huge sentinel when they have no length limit of their own.
 _UNLIMITED_LENGTH = 1_000_000
-
-
-class ModelStoreError(Exception):
-    """A model reference that cannot be resolved, or a stored model that is not intact."""
 
 
 @dataclass(frozen=True)
@@ -127,7 +120,7 @@ class ModelStore:
                 f"model {name!r} has no version {version!r} (versions: {', '.join(versions)})"
             )
         path = self._inside_root(self.root / name / version)
-        return StoredModel(path=path, manifest=_read_manifest(path))
+        return StoredModel(path=path, manifest=read_manifest(path))
 
     def _inside_root(self, path: Path) -> Path:
         # Names are plain folder names, but a symbolic link in the store could still lead out.
@@ -146,9 +139,10 @@ class ModelStore:
             relative: kind for relative, kind in folder_entries(stored.path).items()
             if not relative.startswith(_WORK_PREFIXES)
         }
-        _refuse_unlisted(stored, sorted(set(present) - set(stored.manifest.files)))
+        ref = stored.manifest.ref
+        refuse_unlisted(ref, stored.path, sorted(set(present) - set(stored.manifest.files)))
         for relative, expected in stored.manifest.files.items():
-            _check_file(stored, relative, present.get(relative), expected)
+            check_file(ref, stored.path, relative, present.get(relative), expected)
 
     def next_version(self, name: str) -> str:
         numbers = [int(m.group(1)) for v in self.versions(name) if (m := _VERSION_PATTERN.fullmatch(v))]
@@ -181,7 +175,7 @@ class ModelStore:
         self._inside_root(target.parent)
         staging = Path(tempfile.mkdtemp(prefix=f".{version}-", dir=target.parent))
         try:
-            _copy_regular_files(source_folder, staging)
+            copy_regular_files(source_folder, staging)
             manifest = Manifest(
                 name=name,
                 version=version,
@@ -228,81 +222,6 @@ class ModelStore:
         tmp.write_text(manifest.model_dump_json(indent=2) + "\n")
         os.replace(tmp, stored.path / MANIFEST_FILE)
         return StoredModel(path=stored.path, manifest=manifest)
-
-
-def _refuse_unlisted(stored: StoredModel, unlisted: list[str]) -> None:
-    if unlisted:
-        shown = ", ".join(unlisted[:5]) + (f" and {len(unlisted) - 5} more" if len(unlisted) > 5 else "")
-        raise ModelStoreError(
-            f"model {stored.manifest.ref} has files its manifest does not list: {shown} in "
-            f"{stored.path}; remove them, or re-import the model to include them"
-        )
-
-
-def _check_file(stored: StoredModel, relative: str, kind: str | None, expected: str) -> None:
-    ref = stored.manifest.ref
-    if kind is None:
-        raise ModelStoreError(
-            f"model {ref} is incomplete: {relative} is missing from {stored.path}; re-import it"
-        )
-    if kind != "file":
-        raise ModelStoreError(
-            f"model {ref} is not intact: {relative} in {stored.path} is no longer a regular file "
-            f"(a symbolic link or special file); re-import it"
-        )
-    if sha256_of(stored.path / relative) != expected:
-        raise ModelStoreError(
-            f"model {ref} failed its checksum: {relative} was modified after it was stored "
-            f"(expected sha256 {expected[:12]}…); re-import it"
-        )
-
-
-def refuse_links(folder: Path) -> None:
-    """Refuse a folder to import that holds a symbolic link or a special file (what would be
-    copied in is whatever the link points to, anywhere on the machine, or a device's stream)."""
-    for relative, kind in folder_entries(folder).items():
-        if not set(relative.split("/")).isdisjoint(_NOT_IMPORTED):
-            continue  # not copied (shutil.ignore_patterns matches a name at any depth)
-        path = folder / relative
-        if kind == "link":
-            raise ModelStoreError(
-                f"cannot import {folder}: {path} is a symbolic link (to {os.readlink(path)}); the store "
-                "copies regular files only: replace the link with the file it points to (cp -L)"
-            )
-        if kind != "file":
-            raise ModelStoreError(f"cannot import {folder}: {path} is not a regular file")
-
-
-def _copy_regular_files(source: Path, staging: Path) -> None:
-    # symlinks=True: a link that appeared after refuse_links is copied as a link, never followed,
-    # and the manifest's own walk then refuses it.
-    try:
-        shutil.copytree(source, staging, dirs_exist_ok=True, symlinks=True,
-                        ignore=shutil.ignore_patterns(*_NOT_IMPORTED))
-    except (shutil.Error, OSError) as exc:
-        raise ModelStoreError(f"cannot import {source}: copying failed: {exc}") from exc
-    refuse_links(staging)
-
-
-def _read_manifest(path: Path) -> Manifest:
-    try:
-        return Manifest.read(path)
-    except (OSError, UnicodeDecodeError, ValidationError) as exc:
-        reason = "; ".join(e["msg"] for e in exc.errors()[:3]) if isinstance(exc, ValidationError) else exc
-        raise ModelStoreError(f"{path / MANIFEST_FILE} is unreadable or invalid: {reason}") from exc
-
-
-def read_json_object(path: Path) -> dict[str, Any]:
-    """A JSON object from a model folder, or a ModelStoreError naming the file."""
-    try:
-        value = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ModelStoreError(f"cannot read {path}: {exc}") from exc
-    except json.JSONDecodeError as exc:
-        raise ModelStoreError(f"{path} is not valid JSON: {exc}") from exc
-    if not isinstance(value, dict):
-        raise ModelStoreError(f"{path} is not valid: expected a JSON object, got {type(value).__name__}")
-    return value
 
 
 def read_config(folder: Path) -> dict[str, Any]:
