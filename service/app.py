@@ -10,7 +10,8 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 
 from service.api.auth import ApiKeys
-from service.api.grpc.server import GrpcServer
+from service.api.grpc.server import GrpcConnectionLimits, GrpcServer
+from service.api.http.compat import tei, vllm
 from service.api.http.errors import install_error_handlers
 from service.api.http.middleware import ApiKeyMiddleware, BodyLimitMiddleware, RequestObserverMiddleware
 from service.api.http.routes import router
@@ -35,7 +36,7 @@ def create_app(settings: Settings, sources: list[ModelSource] | None = None) -> 
                      lambda: GrpcServer.start(
                          scorer, registry, metrics, host=settings.host, port=settings.grpc_port,
                          max_message_bytes=settings.max_body_bytes, keys=keys,
-                         protect_health=settings.protect_health,
+                         protect_health=settings.protect_health, limits=grpc_limits(settings),
                      ))
     app = FastAPI(
         title="rmserve",
@@ -49,9 +50,12 @@ def create_app(settings: Settings, sources: list[ModelSource] | None = None) -> 
     app.state.metrics = metrics
     app.state.begin_shutdown = run.begin_shutdown
     install_error_handlers(app)
+    app.include_router(vllm.router)  # first: its /v1/score hands rmserve's own bodies on
+    app.include_router(tei.router)  # before rmserve's: its /rerank is vLLM's or TEI's by the body
     app.include_router(router)
     endpoints = {route.path for route in router.routes}  # type: ignore[attr-defined]
-    app.add_middleware(BodyLimitMiddleware, max_body_bytes=settings.max_body_bytes)
+    app.add_middleware(BodyLimitMiddleware, max_body_bytes=settings.max_body_bytes,
+                       body_timeout_s=settings.body_timeout_s)
     app.add_middleware(ApiKeyMiddleware, keys=keys, open_paths=open_paths(settings))
     # Outermost, so that every answer (a 401 or a 413 too) is counted and logged.
     app.add_middleware(RequestObserverMiddleware, metrics=metrics, endpoints=endpoints)
@@ -106,6 +110,14 @@ def scoring_limits(settings: Settings) -> ScoringLimits:
         max_chars_per_field=settings.max_chars_per_field,
         reject_too_long=settings.too_long == "reject",
         min_shared_prefix_tokens=settings.min_shared_prefix_tokens if settings.prefix_sharing else None,
+    )
+
+
+def grpc_limits(settings: Settings) -> GrpcConnectionLimits:
+    return GrpcConnectionLimits(
+        handshake_timeout_s=settings.header_timeout_s, idle_timeout_s=settings.grpc_idle_timeout_s,
+        max_age_s=settings.grpc_max_connection_age_s, age_grace_s=settings.body_timeout_s,
+        max_connections=settings.max_connections, max_concurrent_rpcs=settings.max_connections,
     )
 
 

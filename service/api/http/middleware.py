@@ -1,7 +1,8 @@
-"""ASGI middleware: request body limit, and each request's id, metrics and log line."""
+"""ASGI middleware: request body limit and deadline, and each request's id, metrics and log line."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
 
 from starlette.datastructures import Headers, MutableHeaders
@@ -17,39 +18,43 @@ _SCORING_ENDPOINTS = {"/v1/score", "/v1/rank", "/v1/compare", "/get_reward"}
 # Their 503s while starting or draining are answers, not errors.
 _PROBES = {"/healthz", "/readyz"}
 
-_BODY_METHODS = {"POST", "PUT", "PATCH"}
+# Set by the connection layer (service/serving.py) on requests of a connection accepted while
+# every other one was busy: they are answered 503, probes excepted.
+OVERLOAD_EXTENSION = "rmserve.overloaded"
+# What a request is counted as when its client went away before it was answered (nginx's code).
+CLIENT_CLOSED = 499
 
 
 class BodyLimitMiddleware:
-    """Answers 413 for bodies over the limit, declared or streamed, before anything parses them."""
+    """Answers 413 for bodies over the limit, declared or streamed, before anything parses them,
+    and 408 for a body not in within `body_timeout_s` of its head (a dripped upload)."""
 
-    def __init__(self, app: ASGIApp, *, max_body_bytes: int) -> None:
+    def __init__(self, app: ASGIApp, *, max_body_bytes: int, body_timeout_s: float | None = None) -> None:
         self.app = app
         self.max_body_bytes = max_body_bytes
+        self.body_timeout_s = body_timeout_s
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or scope["method"] not in _BODY_METHODS:
+        headers = dict(scope["headers"]) if scope["type"] == "http" else {}
+        declared = headers.get(b"content-length")
+        # Any request that carries a body, whatever its method: a GET's body is read too (and
+        # could be as large, or dripped as slowly).
+        if declared in (None, b"0") and b"transfer-encoding" not in headers:
             await self.app(scope, receive, send)
             return
-        declared = dict(scope["headers"]).get(b"content-length")
         if declared is not None and declared.isdigit() and int(declared) > self.max_body_bytes:
             await self._too_large(scope, send)
             return
-        # Read the whole body here (bounded by the limit) and replay it to the app.
+        # Read the whole body here (bounded by the limit and the deadline) and replay it to the app.
         chunks: list[bytes] = []
-        size = 0
-        while True:
-            message = await receive()
-            if message["type"] == "http.disconnect":
-                return
-            chunk = message.get("body", b"")
-            size += len(chunk)
-            if size > self.max_body_bytes:
-                await self._too_large(scope, send)
-                return
-            chunks.append(chunk)
-            if not message.get("more_body", False):
-                break
+        try:
+            async with asyncio.timeout(self.body_timeout_s):
+                if not await self._read(scope, receive, send, chunks):
+                    return
+        except TimeoutError:
+            message = f"request body not received within {self.body_timeout_s:g} s of its headers"
+            await send_error(scope, send, 408, "request_timeout", message, {"Connection": "close"})
+            return
         replayed = False
 
         async def replay() -> Message:
@@ -60,6 +65,22 @@ class BodyLimitMiddleware:
             return {"type": "http.request", "body": b"".join(chunks), "more_body": False}
 
         await self.app(scope, replay, send)
+
+    async def _read(self, scope: Scope, receive: Receive, send: Send, chunks: list[bytes]) -> bool:
+        """The body into `chunks`; False if it was answered (413) or the client went away."""
+        size = 0
+        while True:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                return False
+            chunk = message.get("body", b"")
+            size += len(chunk)
+            if size > self.max_body_bytes:
+                await self._too_large(scope, send)
+                return False
+            chunks.append(chunk)
+            if not message.get("more_body", False):
+                return True
 
     async def _too_large(self, scope: Scope, send: Send) -> None:
         message = f"request body over {self.max_body_bytes} bytes; split the request"
@@ -104,9 +125,16 @@ class RequestObserverMiddleware:
             log_level=logging.INFO if endpoint in _SCORING_ENDPOINTS else logging.DEBUG,
         )
         scope.setdefault("state", {})["observation"] = observation
-        status = 500
+        status: int | None = None
+        client_gone = False
         inflight = self.metrics.inflight.labels(endpoint=endpoint)
         inflight.inc()
+
+        async def receive_noting_disconnect() -> Message:
+            nonlocal client_gone
+            message = await receive()
+            client_gone = client_gone or message["type"] == "http.disconnect"
+            return message
 
         async def send_with_id(message: Message) -> None:
             nonlocal status
@@ -116,10 +144,30 @@ class RequestObserverMiddleware:
             await send(message)
 
         try:
-            await self.app(scope, receive, send_with_id)
+            if OVERLOAD_EXTENSION in scope.get("extensions", {}) and endpoint not in _PROBES:
+                await _overloaded(scope, send_with_id)
+            else:
+                await self.app(scope, receive_noting_disconnect, send_with_id)
         except Exception:  # a bug: the outer error handler answers 500; count it as one
             observation.failed("internal")
+            status = 500
             raise
         finally:
             inflight.dec()
+            status = status or _unanswered(observation, client_gone)
             observation.answered(status, failed=status >= 400 and endpoint not in _PROBES)
+
+
+def _unanswered(observation: RequestObservation, client_gone: bool) -> int:
+    """The status of a request the app returned from without answering: the client hung up
+    (an aborted upload: the client's doing, 499), or else uvicorn answers 500 (a bug)."""
+    if client_gone:
+        observation.failed("client_closed")
+        return CLIENT_CLOSED
+    observation.failed("internal")
+    return 500
+
+
+async def _overloaded(scope: Scope, send: Send) -> None:
+    message = "the server is at its connection limit with every connection busy; retry"
+    await send_error(scope, send, 503, "too_many_connections", message, {"Connection": "close"})
