@@ -89,10 +89,16 @@ def image() -> Image:
         if os.environ.get("CI") == "true":
             pytest.fail(reason)
         pytest.skip(reason)
-    result = subprocess.run(["bash", ".ci/build-image", "cpu"], cwd=ROOT, capture_output=True, text=True,
-                            timeout=BUILD_TIMEOUT_S)
-    assert result.returncode == 0, f"the image build failed:\n{result.stderr[-6000:]}"
-    return Image.inspect(result.stdout.split()[-1])  # its id: the tag may be retagged meanwhile
+    build = subprocess.Popen(["bash", ".ci/build-image", "cpu"], cwd=ROOT, stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        out, err = build.communicate(timeout=BUILD_TIMEOUT_S)
+    except subprocess.TimeoutExpired:
+        os.killpg(build.pid, signal.SIGKILL)  # buildah and the build's steps too, not only the script
+        out, err = build.communicate()
+        pytest.fail(f"the image build took over {BUILD_TIMEOUT_S}s:\n{err[-6000:]}")
+    assert build.returncode == 0, f"the image build failed:\n{err[-6000:]}"
+    return Image.inspect(out.split()[-1])  # its id: the tag may be retagged meanwhile
 
 
 @pytest.fixture(scope="session")
