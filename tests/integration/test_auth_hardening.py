@@ -125,8 +125,9 @@ def test_an_indented_comment_is_no_key_over_http(tmp_path: Path, tiny_model_dirs
             response = httpx.post(f"{url}/v1/score", json=SCORE, headers={"Authorization": authorization})
             assert response.status_code == 401, authorization
             assert response.json()["error"]["type"] == "unauthorized"
-        ok = httpx.post(f"{url}/v1/score", json=SCORE, headers={"Authorization": f"Bearer {KEY}"})
-        assert ok.status_code == 200 and len(ok.json()["rewards"]) == 1
+            assert httpx.get(f"{url}/v1/models", headers={"Authorization": authorization}).status_code == 401
+        # The real key passes the same gate (a protected read, so that this test is about the key).
+        assert httpx.get(f"{url}/v1/models", headers={"Authorization": f"Bearer {KEY}"}).status_code == 200
 
 
 # In-process: the same rules on the settings, which is where the server applies them.
