@@ -11,6 +11,7 @@ from fastapi import FastAPI
 
 from service.api.auth import ApiKeys
 from service.api.grpc.server import GrpcConnectionLimits, GrpcServer
+from service.api.http.compat import tei, vllm
 from service.api.http.errors import install_error_handlers
 from service.api.http.middleware import ApiKeyMiddleware, BodyLimitMiddleware, RequestObserverMiddleware
 from service.api.http.routes import router
@@ -49,6 +50,8 @@ def create_app(settings: Settings, sources: list[ModelSource] | None = None) -> 
     app.state.metrics = metrics
     app.state.begin_shutdown = run.begin_shutdown
     install_error_handlers(app)
+    app.include_router(vllm.router)  # first: its /v1/score hands rmserve's own bodies on
+    app.include_router(tei.router)  # before rmserve's: its /rerank is vLLM's or TEI's by the body
     app.include_router(router)
     endpoints = {route.path for route in router.routes}  # type: ignore[attr-defined]
     app.add_middleware(BodyLimitMiddleware, max_body_bytes=settings.max_body_bytes,
