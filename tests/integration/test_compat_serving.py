@@ -65,8 +65,9 @@ def test_vllm_classify_answers_vllms_fields_with_the_reward_as_its_one_logit(ser
     expected = rewards(server, [{"text": t} for t in texts], model)
     assert close([item["probs"][0] for item in body["data"]], expected)
     tokens = post(server, "/v1/score", {"model": model, "inputs": [{"text": t} for t in texts]}).json()
-    assert body["usage"] == {"prompt_tokens": tokens["usage"]["tokens"], "total_tokens": tokens["usage"]["tokens"],
-                             "completion_tokens": 0, "prompt_tokens_details": None}
+    used = tokens["usage"]["tokens"]
+    assert body["usage"] == {"prompt_tokens": used, "total_tokens": used, "completion_tokens": 0,
+                             "prompt_tokens_details": None}
     # One string is one item; use_activation gives the sigmoid.
     single = post(server, "/classify", {"model": model, "input": texts[0], "use_activation": True}).json()
     assert close(single["data"][0]["probs"], [sigmoid(expected[0])])
@@ -133,8 +134,9 @@ def test_vllm_rerank_orders_documents_by_reward(server: str, path: str) -> None:
 def test_vllm_errors_are_openai_shaped(server: str) -> None:
     unknown = post(server, "/classify", {"model": "nope", "input": "hi"})
     assert unknown.status_code == 404
-    assert unknown.json() == {"error": {"message": unknown.json()["error"]["message"], "type": "NotFoundError",
-                                        "param": None, "code": 404}}
+    message = unknown.json()["error"]["message"]
+    expected = {"message": message, "type": "NotFoundError", "param": None, "code": 404}
+    assert unknown.json() == {"error": expected}
     wrong = post(server, "/rerank", {"query": PROMPT, "documents": "not a list"})
     assert wrong.status_code == 400 and wrong.json()["error"]["type"] == "BadRequestError"
     too_many = post(server, "/score", {"text_1": PROMPT, "text_2": ["x"] * 9})
@@ -145,7 +147,8 @@ def test_v1_models_is_openais_list_with_rmserves_fields_alongside(server: str) -
     body = httpx.get(f"{server}/v1/models").json()
     assert body["object"] == "list" and [card["id"] for card in body["data"]] == ["bert", "gpt2"]
     for card in body["data"]:
-        assert card["object"] == "model" and card["owned_by"] == "rmserve" and isinstance(card["created"], int)
+        assert card["object"] == "model" and card["owned_by"] == "rmserve"
+        assert isinstance(card["created"], int)
         assert card["max_model_len"] > 0
     assert [m["name"] for m in body["models"]] == ["bert", "gpt2"] and body["max_inputs_per_request"] == 8
 
@@ -190,6 +193,7 @@ def test_tei_errors_info_and_health_are_teis(server: str) -> None:
     assert info["model_id"] == "bert" and info["served_model_name"] == "bert"
     assert info["model_type"] == {"reranker": {"id2label": {"0": "LABEL_0"}, "label2id": {"LABEL_0": 0}}}
     assert info["max_client_batch_size"] == 8 and info["max_input_length"] > 0
-    assert {"model_dtype", "max_batch_tokens", "auto_truncate", "tokenization_workers", "version"} <= info.keys()
+    expected = {"model_dtype", "max_batch_tokens", "auto_truncate", "tokenization_workers", "version"}
+    assert expected <= set(info)
     health = httpx.get(f"{server}/health")
     assert health.status_code == 200 and health.content == b""

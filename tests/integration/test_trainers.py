@@ -3,18 +3,29 @@
 from __future__ import annotations
 
 import asyncio
+import inspect
+import json
 import math
+import multiprocessing
+import os
+import pickle
 import re
+import subprocess
+import sys
+import tomllib
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
 import torch
-from transformers import AutoModelForSequenceClassification, AutoTokenizer, GPT2Config, GPT2LMHeadModel
+from packaging.version import Version
+from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
 from rmserve_client import AsyncRmserveReward, RmserveReward
 from rmserve_client.trl import trl_items
+from tests.integration.grpo_step import grpo_step
 from tests.integration.reference import reference_reward
 from tests.integration.server import running_server
 
@@ -33,35 +44,51 @@ def items_scored(url: str, model: str) -> float:
     return float(found[1]) if found else 0.0
 
 
+def lowest_trl() -> str:
+    """The lowest TRL that pyproject.toml's train extra allows (`trl>=X`)."""
+    pyproject = tomllib.loads((Path(__file__).parents[2] / "pyproject.toml").read_text())
+    pin = next(d for d in pyproject["project"]["optional-dependencies"]["train"] if d.startswith("trl"))
+    return pin.removeprefix("trl>=")
+
+
+@pytest.fixture(scope="module")
+def trl_versions(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str | None]:
+    """PYTHONPATH for each TRL tested: the installed one (the newest the pin allows, as .ci/setup
+    installs it) and the lowest the pin allows, installed without dependencies into a folder."""
+    folder = tmp_path_factory.mktemp("trl-lowest")
+    install = subprocess.run(
+        [sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--target", str(folder),
+         f"trl=={lowest_trl()}"], capture_output=True, text=True, timeout=300)
+    return {"installed": None, "lowest": str(folder) if install.returncode == 0 else None,
+            "lowest-error": install.stderr[-500:]}
+
+
+def _step_in_subprocess(server: str, tokenizer_dir: Path, out: Path, pythonpath: str) -> dict:
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([pythonpath, str(Path(__file__).parents[2])])}
+    done = subprocess.run([sys.executable, "-m", "tests.integration.grpo_step", server, str(tokenizer_dir),
+                           str(out)], capture_output=True, text=True, timeout=300, env=env)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+@pytest.mark.parametrize("version", ["installed", "lowest"])
 def test_one_grpo_training_step_with_rewards_from_rmserve(
-    server: str, tiny_model_dirs: dict[str, Path], tmp_path: Path
+    version: str, server: str, tiny_model_dirs: dict[str, Path], tmp_path: Path,
+    trl_versions: dict[str, str | None],
 ) -> None:
-    from datasets import Dataset
-    from trl import GRPOConfig, GRPOTrainer
-
-    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dirs["gpt2-left"])
-    torch.manual_seed(0)
-    policy = GPT2LMHeadModel(GPT2Config(
-        vocab_size=len(tokenizer), n_embd=32, n_layer=2, n_head=2, n_positions=128,
-        pad_token_id=tokenizer.pad_token_id, bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-    ))
-    prompts = Dataset.from_dict({"prompt": ["How do I cook pasta?", "Explain why the sky is blue.",
-                                            "Write a python function.", "Travel tips for Paris?"]})
-    config = GRPOConfig(
-        output_dir=str(tmp_path), max_steps=1, per_device_train_batch_size=4, num_generations=2,
-        max_completion_length=8, learning_rate=1e-3, logging_steps=1, report_to="none", use_cpu=True,
-        save_strategy="no", bf16=False, seed=0,
-    )
-    rewards = [RmserveReward(server, model="gpt2", name="rmserve_sync"),
-               AsyncRmserveReward(server, model="gpt2", name="rmserve_async")]
+    """Both reward functions in one GRPOTrainer step. The lowest TRL (1.0) awaits a reward function
+    only if inspect.iscoroutinefunction(func) is true of the object itself."""
     before = items_scored(server, "gpt2")
-    trainer = GRPOTrainer(model=policy, reward_funcs=rewards, args=config, train_dataset=prompts,
-                          processing_class=tokenizer)
-    trainer.train()
-    rewards[0].close()
+    if version == "installed":
+        result = grpo_step(server, tiny_model_dirs["gpt2-left"], tmp_path)
+    else:
+        folder = trl_versions["lowest"]
+        if folder is None:
+            pytest.skip(f"could not install trl=={lowest_trl()}: {trl_versions['lowest-error']}")
+        result = _step_in_subprocess(server, tiny_model_dirs["gpt2-left"], tmp_path, folder)
+        assert Version(result["trl"]) == Version(lowest_trl()) and result["trl_path"].startswith(folder)
 
-    logged = trainer.state.log_history[0]
+    logged = result["logged"]
     for name in ("rmserve_sync", "rmserve_async"):
         assert math.isfinite(logged[f"rewards/{name}/mean"]) and logged[f"rewards/{name}/mean"] != 0
     # Both functions gave the same rewards for the same completions, and the server scored them.
@@ -70,7 +97,35 @@ def test_one_grpo_training_step_with_rewards_from_rmserve(
     assert items_scored(server, "gpt2") - before == 2 * 4
 
 
-def test_conversational_trl_inputs_are_scored_with_the_chat_template(server: str) -> None:
+def _score_in_child(reward: Any, prompts: list[str], completions: list[str]) -> list[float]:
+    """Run in a spawned process, as AsyncGRPOTrainer runs its reward functions."""
+    if inspect.iscoroutinefunction(reward):
+        return asyncio.run(reward(prompts=prompts, completions=completions))
+    return reward(prompts=prompts, completions=completions)
+
+
+@pytest.mark.parametrize("kind", [RmserveReward, AsyncRmserveReward])
+def test_reward_functions_pickle_and_score_after_the_round_trip(server: str, kind: type) -> None:
+    prompts, completions = ["Capital of France?", "Hi"], ["Paris.", "Hello!"]
+    expected = httpx.post(f"{server}/v1/score", json={"model": "gpt2", "inputs": trl_items(
+        prompts, completions)}).json()["rewards"]
+    reward = kind(server, model="gpt2", name="rm", api_key=None)
+    used = _score_in_child(reward, prompts, completions)  # a client exists now: it is not pickled
+    copy = pickle.loads(pickle.dumps(reward))
+    assert copy.__name__ == "rm" and used == expected
+    assert _score_in_child(copy, prompts, completions) == expected
+    with multiprocessing.get_context("spawn").Pool(1) as pool:  # pickled into a fresh interpreter
+        assert pool.apply(_score_in_child, (reward, prompts, completions)) == pytest.approx(expected)
+    if kind is RmserveReward:
+        reward.close()
+        copy.close()
+
+
+def test_conversational_trl_inputs_are_scored_with_the_chat_template(
+    server: str, tiny_model_dirs: dict[str, Path]
+) -> None:
+    """TRL's conversational prompts and completions get the rewards of the text that the reward
+    model's own tokenizer.apply_chat_template renders for them."""
     prompts = [[{"role": "user", "content": "Capital of France?"}], [{"role": "user", "content": "Hi"}]]
     completions = [[{"role": "assistant", "content": "Paris."}], "Hello!"]
     items = trl_items(prompts, completions)
@@ -80,6 +135,22 @@ def test_conversational_trl_inputs_are_scored_with_the_chat_template(server: str
     got = asyncio.run(reward(prompts=prompts, completions=completions, ground_truth=["x", "y"]))
     expected = httpx.post(f"{server}/v1/score", json={"model": "gpt2", "inputs": items}).json()["rewards"]
     assert got == expected
+
+    folder = tiny_model_dirs["gpt2-left"]
+    model = AutoModelForSequenceClassification.from_pretrained(folder).eval()
+    tokenizer = AutoTokenizer.from_pretrained(folder)
+    conversations = [[*prompts[0], *completions[0]], hello]
+    rendered = [tokenizer.apply_chat_template(c, tokenize=False) for c in conversations]
+    assert rendered[1] == "<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\nHello!<|im_end|>\n"
+    def reward_of(*texts: str, **encoding: bool) -> float:  # unbatched model(**inputs).logits
+        with torch.inference_mode():
+            return model(**tokenizer(*texts, return_tensors="pt", **encoding)).logits[0, 0].item()
+
+    templated = [reward_of(text, add_special_tokens=False) for text in rendered]
+    plain = [reward_of(c[0]["content"], c[1]["content"]) for c in conversations]
+    assert max(abs(a - b) for a, b in zip(got, templated, strict=True)) <= 1e-5, (got, templated)
+    # Without the template these texts get other rewards, so the comparison can tell them apart.
+    assert min(abs(a - b) for a, b in zip(plain, templated, strict=True)) > 1e-3, (plain, templated)
 
 
 def test_openrlhf_get_reward_scores_each_query_as_formatted_text(
@@ -100,8 +171,11 @@ def test_openrlhf_get_reward_scores_each_query_as_formatted_text(
     assert answer.json()["scores"] == rewards
 
 
-def test_openrlhf_get_reward_uses_the_default_model_and_rejects_empty_queries(server: str) -> None:
+def test_openrlhf_get_reward_uses_the_default_model_and_answers_empty_queries(server: str) -> None:
     assert len(httpx.post(f"{server}/get_reward", json={"query": ["some text"]}).json()["rewards"]) == 1
+    # OpenRLHF sends its later reward servers an empty query when it has fewer samples than servers.
     empty = httpx.post(f"{server}/get_reward", json={"query": []})
-    assert empty.status_code == 422
-    assert "query" in empty.json()["error"]["message"]
+    assert empty.status_code == 200
+    assert empty.json() == {"rewards": [], "scores": [], "extra_logs": {"truncated": []}}
+    missing = httpx.post(f"{server}/get_reward", json={"prompts": []})
+    assert missing.status_code == 422 and "query" in missing.json()["error"]["message"]

@@ -6,10 +6,11 @@ import asyncio
 from collections.abc import Awaitable
 from typing import Annotated, TypeVar
 
-from fastapi import APIRouter, Depends, Request, Response
+from fastapi import APIRouter, Depends, Query, Request, Response
 from fastapi.responses import JSONResponse
 
 from service.api.http.body_checks import CheckedBodyRoute
+from service.api.http.compat.openrlhf import padding_tokens
 from service.api.http.errors import error_response
 from service.api.http.schemas import (
     CompareRequest,
@@ -28,6 +29,7 @@ from service.api.http.schemas import (
 from service.api.observe import RequestObservation
 from service.metrics import Metrics
 from service.scoring.errors import ClientGoneError
+from service.scoring.options import ScoreOptions
 from service.scoring.registry import ModelRegistry
 from service.scoring.scorer import Readiness, Scorer
 
@@ -165,12 +167,32 @@ async def get_reward(
     request: Request,
     body: OpenRLHFRewardRequest,
     scorer: Annotated[Scorer, Depends(get_scorer)],
+    registry: Annotated[ModelRegistry, Depends(get_registry)],
+    readiness: Annotated[Readiness, Depends(get_readiness)],
     observation: Annotated[RequestObservation, Depends(get_observation)],
+    model: Annotated[str | None, Query(description="served model (a body's `model` wins)")] = None,
+    normalize: Annotated[bool, Query(description="normalise with the model's statistics")] = False,
+    clip: Annotated[float | None, Query(gt=0, description="clip rewards to [-clip, clip]")] = None,
+    strip_padding: Annotated[bool, Query(
+        description="strip leading/trailing pad and EOS strings (the model's tokenizer's) from each "
+        "query, one EOS put back where the query ended with one: padded and clean queries score the same"
+    )] = True,
 ) -> OpenRLHFRewardResponse:
-    """OpenRLHF's remote reward model: each `query` (the full formatted text) scored as is."""
-    result = await unless_client_leaves(request, scorer.score(body.items(), body.model))
+    """OpenRLHF's remote reward model: each `query` (the full formatted text) scored, cleaned of
+    padding first (`?strip_padding=false`: as is). Model, normalisation and clip can be chosen in
+    the URL, as OpenRLHF sends a body of its own: `/get_reward?model=NAME&normalize=true&clip=5`."""
+    if not body.query:  # OpenRLHF's later reward servers when it has fewer samples than servers
+        return OpenRLHFRewardResponse(rewards=[], scores=[], extra_logs={"truncated": []})
+    name = body.model or model
+    clean = None
+    if strip_padding and readiness.not_ready_reason is None:  # else the scorer says why not
+        clean = padding_tokens(registry.get(name)).strip
+    options = ScoreOptions(normalize=normalize, clip=clip)
+    result = await unless_client_leaves(request, scorer.score(body.items(clean), name, options))
     observation.served(result.usage)
-    return OpenRLHFRewardResponse(rewards=result.rewards, scores=result.rewards)
+    truncated = [float(cut) for cut in result.truncated]
+    return OpenRLHFRewardResponse(rewards=result.rewards, scores=result.rewards,
+                                  extra_logs={"truncated": truncated})
 
 
 @router.get("/v1/models", response_model=ModelList)

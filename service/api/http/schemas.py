@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, model_validator
@@ -156,11 +157,13 @@ class RankResponse(BaseModel):
 
 
 class OpenRLHFRewardRequest(BaseModel):
-    """OpenRLHF's remote reward-model request (`--remote_rm_url http://host:port/get_reward`).
-    Unknown keys are ignored: OpenRLHF versions add their own."""
+    """OpenRLHF's remote reward-model request (`--reward.remote_url http://host:port/get_reward`;
+    `--remote_rm_url` before 0.10.2). Unknown keys are ignored: OpenRLHF versions add their own."""
 
     query: list[str] = Field(
-        min_length=1, fail_fast=True, description="full formatted texts (prompt + response)"
+        fail_fast=True,
+        description="full formatted texts (prompt + response); empty when OpenRLHF shards fewer "
+        "samples than it has reward servers, answered with empty lists",
     )
     prompts: list[str] | None = Field(
         None, fail_fast=True, description="the prompts alone (not needed: query has them)"
@@ -168,13 +171,19 @@ class OpenRLHFRewardRequest(BaseModel):
     labels: list[Any] | None = Field(None, description="reference labels (unused by a reward model)")
     model: str | None = Field(None, description="served model name; default model when absent")
 
-    def items(self) -> list[ScoreInput]:
-        return [RawText(text) for text in self.query]
+    def items(self, clean: Callable[[str], str] | None = None) -> list[ScoreInput]:
+        """Each query as raw text, `clean`ed first (of its padding) if given."""
+        return [RawText(clean(text) if clean else text) for text in self.query]
 
 
 class OpenRLHFRewardResponse(BaseModel):
     rewards: list[float]
     scores: list[float]
+    extra_logs: dict[str, list[float]] = Field(
+        default_factory=dict,
+        description="logged by OpenRLHF per sample: `truncated` is 1.0 where the query was cut to "
+        "the model's max length (numbers, which OpenRLHF's logging averages)",
+    )
 
 
 class ModelCard(BaseModel):
