@@ -2,6 +2,7 @@
 
 from rmserve_client.client import AsyncRewardClient, RewardClient
 from rmserve_client.errors import (
+    RewardAuthError,
     RewardError,
     RewardRequestError,
     RewardTimeoutError,
@@ -14,6 +15,7 @@ __all__ = [
     "AsyncRewardClient",
     "AsyncRmserveReward",
     "Ranking",
+    "RewardAuthError",
     "RewardClient",
     "RewardError",
     "RewardRequestError",

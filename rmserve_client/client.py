@@ -4,11 +4,15 @@ Large lists are split into chunks the server accepts, sent concurrently and put 
 Busy or unreachable servers (HTTP 429/503, gRPC UNAVAILABLE/RESOURCE_EXHAUSTED, refused
 connections) are retried with exponential backoff and full jitter, honouring Retry-After; any
 other refusal is raised at once. A reward that cannot be had is an exception, never a placeholder.
+
+A server started with API keys (RMSERVE_API_KEYS) wants one with every call: `api_key=`, or the
+environment variable RMSERVE_API_KEY when that is not given (read when the client is made).
 """
 
 from __future__ import annotations
 
 import asyncio
+import os
 import random
 import threading
 from collections.abc import Awaitable, Callable, Coroutine, Sequence
@@ -37,13 +41,15 @@ def backoff_s(attempt: int, base_s: float, cap_s: float) -> float:
 
 
 class AsyncRewardClient:
-    """`url`: http(s)://host:port for HTTP/JSON, grpc://host:port for gRPC."""
+    """`url`: http(s)://host:port for HTTP/JSON, grpc://host:port for gRPC. `api_key`: sent as
+    `Authorization: Bearer KEY` (HTTP header or gRPC metadata); default $RMSERVE_API_KEY."""
 
     def __init__(
         self,
         url: str,
         *,
         model: str | None = None,
+        api_key: str | None = None,
         timeout_s: float = 120.0,
         max_retries: int = 6,
         backoff_base_s: float = 0.25,
@@ -56,11 +62,12 @@ class AsyncRewardClient:
         self._backoff = (backoff_base_s, backoff_cap_s)
         self._chunk_size = chunk_size  # None: the server's limit, asked once
         self._gate = asyncio.Semaphore(max_concurrency)
+        key = api_key if api_key is not None else os.environ.get("RMSERVE_API_KEY") or None
         self.transport: Transport
         if url.startswith("grpc://"):
-            self.transport = GrpcTransport(url.removeprefix("grpc://"), timeout_s=timeout_s)
+            self.transport = GrpcTransport(url.removeprefix("grpc://"), timeout_s=timeout_s, api_key=key)
         elif url.startswith(("http://", "https://")):
-            self.transport = HttpTransport(url, timeout_s=timeout_s)
+            self.transport = HttpTransport(url, timeout_s=timeout_s, api_key=key)
         else:
             raise ValueError(f"{url!r}: use http://host:port or grpc://host:port")
 

@@ -17,6 +17,11 @@ class RewardRequestError(RewardError):
         self.message = message
 
 
+class RewardAuthError(RewardRequestError):
+    """The server refused the API key (HTTP 401/403, gRPC UNAUTHENTICATED/PERMISSION_DENIED): a
+    missing or wrong key does not get better by retrying."""
+
+
 class RewardUnavailableError(RewardError):
     """The server stayed busy or unreachable through every retry."""
 

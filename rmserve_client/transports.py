@@ -10,13 +10,16 @@ from typing import Any, Protocol
 import grpc
 import httpx
 
-from rmserve_client.errors import Retryable, RewardRequestError, RewardTimeoutError
+from rmserve_client.errors import Retryable, RewardAuthError, RewardRequestError, RewardTimeoutError
 
 Item = dict[str, Any]  # the HTTP API's item: {"prompt", "response"}, {"messages"} or {"text"}
 
 # Answers worth another try: the server is busy, starting or briefly gone.
 _RETRY_HTTP = {429, 502, 503, 504}
 _RETRY_GRPC = {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.RESOURCE_EXHAUSTED}
+# Refusals of the key: typed apart so that callers can tell "fix the key" from "fix the request".
+_AUTH_HTTP = {401, 403}
+_AUTH_GRPC = {grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED}
 
 
 @dataclass(frozen=True)
@@ -40,8 +43,15 @@ class Transport(Protocol):
     async def close(self) -> None: ...
 
 
+def bearer(api_key: str | None) -> str | None:
+    """The Authorization value for an API key (the server's `Authorization: Bearer KEY`)."""
+    return f"Bearer {api_key}" if api_key else None
+
+
 class HttpTransport:
-    def __init__(self, url: str, *, timeout_s: float, headers: dict[str, str] | None = None) -> None:
+    def __init__(self, url: str, *, timeout_s: float, api_key: str | None = None) -> None:
+        authorization = bearer(api_key)
+        headers = {"Authorization": authorization} if authorization else None
         # One pooled connection set for every call of this client.
         self._http = httpx.AsyncClient(base_url=url.rstrip("/"), timeout=timeout_s, headers=headers)
 
@@ -75,6 +85,8 @@ class HttpTransport:
         message = _error_message(response)
         if response.status_code in _RETRY_HTTP:
             raise Retryable(f"{response.status_code}: {message}", _retry_after(response))
+        if response.status_code in _AUTH_HTTP:
+            raise RewardAuthError(response.status_code, message)
         raise RewardRequestError(response.status_code, message)
 
 
@@ -91,7 +103,8 @@ def _retry_after(response: httpx.Response) -> float | None:
 
 
 class GrpcTransport:
-    def __init__(self, target: str, *, timeout_s: float, max_message_bytes: int = 64 * 1024 * 1024) -> None:
+    def __init__(self, target: str, *, timeout_s: float, api_key: str | None = None,
+                 max_message_bytes: int = 64 * 1024 * 1024) -> None:
         from service.api.grpc import rmserve_pb2, rmserve_pb2_grpc
 
         self._pb = rmserve_pb2
@@ -100,6 +113,9 @@ class GrpcTransport:
         self._channel = grpc.aio.insecure_channel(target, options=options)
         self._stub = rmserve_pb2_grpc.RewardServiceStub(self._channel)
         self._timeout_s = timeout_s
+        # The server reads the key from the call's metadata, as HTTP reads the header.
+        authorization = bearer(api_key)
+        self._metadata = (("authorization", authorization),) if authorization else None
 
     async def score(self, items: Sequence[Item], model: str | None) -> list[float]:
         request = self._pb.ScoreRequest(inputs=[self._item(i) for i in items], model=model or "")
@@ -132,7 +148,7 @@ class GrpcTransport:
 
     async def _call(self, method: Any, request: Any) -> Any:
         try:
-            return await method(request, timeout=self._timeout_s)
+            return await method(request, timeout=self._timeout_s, metadata=self._metadata)
         except grpc.aio.AioRpcError as exc:
             code, details = exc.code(), exc.details() or ""
             if code == grpc.StatusCode.DEADLINE_EXCEEDED:
@@ -140,4 +156,6 @@ class GrpcTransport:
             # RESOURCE_EXHAUSTED also means "message over the size limit": that never gets better.
             if code in _RETRY_GRPC and "larger than max" not in details:
                 raise Retryable(f"{code.name}: {details}") from exc
+            if code in _AUTH_GRPC:
+                raise RewardAuthError(code.name, details) from exc
             raise RewardRequestError(code.name, details) from exc

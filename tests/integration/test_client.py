@@ -8,6 +8,7 @@ import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -19,6 +20,7 @@ from starlette.routing import Route
 
 from rmserve_client import (
     AsyncRewardClient,
+    RewardAuthError,
     RewardClient,
     RewardRequestError,
     RewardUnavailableError,
@@ -177,3 +179,72 @@ def test_backoff_is_exponential_with_full_jitter_and_capped() -> None:
         assert all(0 <= d <= ceiling for d in delays)
         assert max(delays) > 0.8 * ceiling  # spread over the whole range, not fixed
 
+
+
+KEY = "client-test-key-0123456789"
+
+
+@pytest.fixture(scope="module")
+def keyed_server(
+    tiny_model_dirs: dict[str, Path], tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[tuple[str, str]]:
+    """(http URL, grpc URL) of a server that wants an API key (RMSERVE_API_KEYS)."""
+    port = free_port()
+    with running_server(["--model", f"bert={tiny_model_dirs['bert-right']}"], grpc_port=port,
+                        store=tmp_path_factory.mktemp("store"), env={"RMSERVE_API_KEYS": KEY}) as url:
+        yield url, f"grpc://127.0.0.1:{port}"
+
+
+def _attempts(transport: Any) -> list[int]:
+    """Count the transport's score calls: each retry is one more."""
+    calls: list[int] = []
+    score = transport.score
+
+    async def counted(*args: Any) -> list[float]:
+        calls.append(1)
+        return await score(*args)
+
+    transport.score = counted
+    return calls
+
+
+@pytest.mark.parametrize("transport", ["http", "grpc"])
+def test_both_clients_send_the_api_key_and_a_wrong_key_is_refused_once(
+    transport: str, keyed_server: tuple[str, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    url = keyed_server[0] if transport == "http" else keyed_server[1]
+    items = mixed_items(seed=45, count=4)
+    expected = httpx.post(f"{keyed_server[0]}/v1/score", json={"inputs": items},
+                          headers={"Authorization": f"Bearer {KEY}"}).json()["rewards"]
+    monkeypatch.delenv("RMSERVE_API_KEY", raising=False)
+    with RewardClient(url, api_key=KEY) as client:
+        assert client.score(items) == pytest.approx(expected, abs=1e-5)
+    monkeypatch.setenv("RMSERVE_API_KEY", KEY)  # the key from the environment
+    with RewardClient(url) as client:
+        assert client.score(items) == pytest.approx(expected, abs=1e-5)
+
+    async def run(api_key: str | None) -> list[float]:
+        async with AsyncRewardClient(url, api_key=api_key, chunk_size=2) as client:
+            return await client.score(items)
+
+    assert asyncio.run(run(None)) == pytest.approx(expected, abs=1e-5)  # $RMSERVE_API_KEY
+    assert asyncio.run(run(KEY)) == pytest.approx(expected, abs=1e-5)
+
+    # A wrong key (given, or none at all) is the typed error, raised at the first answer.
+    monkeypatch.delenv("RMSERVE_API_KEY")
+    for key in ("wrong-key-0123456789", None):
+        with RewardClient(url, api_key=key, chunk_size=100, backoff_base_s=0.01) as client:
+            attempts = _attempts(client._client.transport)
+            with pytest.raises(RewardAuthError) as error:
+                client.score(items)
+        assert error.value.status == (401 if transport == "http" else "UNAUTHENTICATED")
+        assert isinstance(error.value, RewardRequestError) and len(attempts) == 1
+
+        async def refused(api_key: str | None) -> tuple[RewardAuthError, int]:
+            async with AsyncRewardClient(url, api_key=api_key, chunk_size=100) as client:
+                attempts = _attempts(client.transport)
+                with pytest.raises(RewardAuthError) as error:
+                    await client.score(items)
+                return error.value, len(attempts)
+
+        assert asyncio.run(refused(key))[1] == 1
