@@ -3,6 +3,10 @@
 Runs on the CPU (about three minutes on 2 cores; no accelerator needed, and the same seed gives
 the same weights on a given machine). Each (prompt, response) is encoded exactly as rmserve
 encodes it for a tokenizer without a chat template: as a text pair, `tokenizer(prompt, response)`.
+
+The rewards of the held-out pairs (chosen and rejected) are also the model's reference set: their
+mean and std go into the manifest's `normalization`, as `rmserve models calibrate` would store
+them, so that `"normalize": true` works with the demo model out of the box.
 """
 
 from __future__ import annotations
@@ -12,6 +16,7 @@ import os
 import sys
 import time
 from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +26,9 @@ import torch.nn.functional as F
 from transformers import AutoModelForSequenceClassification, AutoTokenizer
 from transformers.utils import logging as hf_logging
 
-from model_store.demo.preference_data import FLAWS, PreferencePair, split_pairs
+from model_store.demo.preference_data import FLAWS, PreferencePair, generate_pairs, split_pairs
+from model_store.manifest import Normalization
+from model_store.normalization import reward_normalization
 
 TRAIN_STEPS = 120
 BATCH_PAIRS = 16
@@ -34,8 +41,17 @@ _LENGTH_GROUPS = 2
 _PROGRESS_EVERY = 10
 
 
-def train_demo_model(output_dir: Path, *, seed: int = 0, progress: bool = True) -> dict[str, float]:
-    """Train the demo reward model into `output_dir` and return its held-out evaluation."""
+@dataclass(frozen=True)
+class DemoModel:
+    """What the manifest records of a freshly trained demo model."""
+
+    evaluation: dict[str, float]
+    normalization: Normalization
+
+
+def train_demo_model(output_dir: Path, *, seed: int = 0, progress: bool = True) -> DemoModel:
+    """Train the demo reward model into `output_dir`; return its held-out evaluation and the
+    normalisation statistics of its held-out rewards."""
     started = time.perf_counter()
     train_pairs, held_out_pairs = split_pairs(TRAIN_STEPS * BATCH_PAIRS, HELD_OUT_PAIRS, seed)
     with _reproducible_cpu(seed), _transformers_progress_bars(progress):
@@ -43,7 +59,8 @@ def train_demo_model(output_dir: Path, *, seed: int = 0, progress: bool = True) 
         final_loss = _fit(model, tokenizer, train_pairs, progress=progress)
         train_seconds = time.perf_counter() - started
         _log(progress, f"evaluating on {len(held_out_pairs)} held-out pairs")
-        evaluation = _evaluate(model, tokenizer, held_out_pairs)
+        rewards = _held_out_rewards(model, tokenizer, held_out_pairs)
+        evaluation = _evaluate(rewards, held_out_pairs)
         output_dir.mkdir(parents=True, exist_ok=True)
         model.save_pretrained(output_dir)  # safetensors by default
         tokenizer.save_pretrained(output_dir)
@@ -51,14 +68,35 @@ def train_demo_model(output_dir: Path, *, seed: int = 0, progress: bool = True) 
     _log(progress, f"held-out pairwise accuracy {evaluation['heldout_pairwise_accuracy']:.4f}, "
                    f"mean margin {evaluation['heldout_mean_margin']:.3f}, "
                    f"{total_seconds:.0f}s in all")
-    return {
-        **evaluation,
-        "train_pairs": float(len(train_pairs)),
-        "heldout_pairs": float(len(held_out_pairs)),
-        "final_train_loss": final_loss,
-        "train_seconds": round(train_seconds, 1),
-        "total_seconds": round(total_seconds, 1),
-    }
+    return DemoModel(
+        evaluation={
+            **evaluation,
+            "train_pairs": float(len(train_pairs)),
+            "heldout_pairs": float(len(held_out_pairs)),
+            "final_train_loss": final_loss,
+            "train_seconds": round(train_seconds, 1),
+            "total_seconds": round(total_seconds, 1),
+        },
+        normalization=_normalization(rewards, seed),
+    )
+
+
+def calibrate_demo_model(folder: Path, *, seed: int = 0, progress: bool = True) -> Normalization:
+    """The normalisation statistics of a demo model already built (in a store from before they
+    were recorded): its rewards over the same held-out pairs, from its saved weights."""
+    held_out_pairs = generate_pairs(HELD_OUT_PAIRS, seed, held_out=True)
+    with _reproducible_cpu(seed), _transformers_progress_bars(progress):
+        tokenizer = AutoTokenizer.from_pretrained(folder)
+        model = AutoModelForSequenceClassification.from_pretrained(folder)
+        return _normalization(_held_out_rewards(model, tokenizer, held_out_pairs), seed)
+
+
+def _normalization(rewards: torch.Tensor, seed: int) -> Normalization:
+    """Both sides of every held-out pair: the inputs the model is meant to tell apart."""
+    return reward_normalization(
+        rewards.double().tolist(),
+        reference=f"held-out pairs, chosen and rejected: {HELD_OUT_PAIRS} generated pairs (seed {seed})",
+    )
 
 
 def pairwise_accuracy(
@@ -107,9 +145,15 @@ def reward_scores(
     return rewards
 
 
-def _evaluate(model: Any, tokenizer: Any, pairs: Sequence[PreferencePair]) -> dict[str, float]:
+def _held_out_rewards(model: Any, tokenizer: Any, pairs: Sequence[PreferencePair]) -> torch.Tensor:
+    """The rewards of every chosen answer, then of every rejected one."""
+    prompts = [p.prompt for p in pairs] * 2
+    return reward_scores(model, tokenizer, prompts, [p.chosen for p in pairs] + [p.rejected for p in pairs])
+
+
+def _evaluate(rewards: torch.Tensor, pairs: Sequence[PreferencePair]) -> dict[str, float]:
     """Held-out accuracy and mean margin, overall and for each kind of rejected answer."""
-    margins = _margins(model, tokenizer, pairs)
+    margins = rewards[: len(pairs)] - rewards[len(pairs) :]
     results = {
         "heldout_pairwise_accuracy": float((margins > 0).float().mean()),
         "heldout_mean_margin": float(margins.mean()),
