@@ -167,13 +167,15 @@ def restore(text: str, marks: dict[str, str]) -> tuple[str, list[int]]:
     back = {mark: string for string, mark in marks.items()}
     out: list[str] = []
     where: list[int] = []
-    length = 0
-    for char in text:
-        where.append(length)
-        piece = back.get(char, char)
-        out.append(piece)
-        length += len(piece)
-    where.append(length)
+    start = shift = 0
+    for found in re.finditer("|".join(map(re.escape, back)) or "(?!)", text):
+        at = found.start()
+        out += [text[start:at], back[found.group()]]
+        where += range(start + shift, at + shift + 1)  # the placeholder's own position too
+        shift += len(back[found.group()]) - 1
+        start = at + 1
+    out.append(text[start:])
+    where += range(start + shift, len(text) + shift + 1)
     return "".join(out), where
 
 

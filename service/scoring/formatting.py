@@ -246,15 +246,25 @@ def _blaming(indices: list[int], inputs: list[Any], encode: Callable[[list[Any]]
     must be the caller's 422, never a 500 for the whole request)."""
     try:
         return encode(inputs)
-    except Exception as exc:
+    except BaseException as exc:
+        if not _is_encoding_error(exc):
+            raise
         for index, one in zip(indices, inputs, strict=True):
             try:
                 encode([one])
-            except Exception as alone:
+            except BaseException as alone:
+                if not _is_encoding_error(alone):
+                    raise
                 raise InvalidInputError(
                     f"inputs[{index}] cannot be encoded by this model's tokenizer ({alone}): send plain text"
                 ) from alone
-        raise exc
+        raise
+
+
+def _is_encoding_error(exc: BaseException) -> bool:
+    """An Exception, or a panic inside the Rust tokenizer (pyo3's PanicException is a
+    BaseException); never an interrupt or an exit."""
+    return isinstance(exc, Exception) or type(exc).__name__ == "PanicException"
 
 
 def _as_messages(item: PromptResponse | Conversation) -> list[Message]:

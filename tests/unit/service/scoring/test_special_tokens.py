@@ -166,3 +166,25 @@ def test_a_lone_surrogate_is_invalid_input_naming_its_field(
     expected = re.escape(field) + r" holds a lone surrogate \(U\+D[89A-F][0-9A-F]{2}\).*send valid UTF-8"
     with pytest.raises(InvalidInputError, match="^" + expected):
         formatter.format([PromptResponse("fine", "fine"), item])
+
+
+def test_a_tokenizer_failure_on_one_item_is_invalid_input_naming_it(tokenizers: dict[str, Any]) -> None:
+    """Whatever the tokenizer cannot take (here: a failure injected for one text) is named."""
+    tokenizer = tokenizers["llama-left"]
+    formatter = InputFormatter(tokenizer, 96)
+
+    class Refusing:
+        def __init__(self, inner: Any) -> None:
+            self._inner = inner
+
+        def __getattr__(self, name: str) -> Any:
+            return getattr(self._inner, name)
+
+        def __call__(self, texts: list[str], **options: Any) -> Any:
+            if any("poison" in t for t in texts):
+                raise TypeError("TextEncodeInput must be Union[TextInputSequence, ...]")
+            return self._inner(texts, **options)
+
+    formatter._tokenizer = Refusing(tokenizer)
+    with pytest.raises(InvalidInputError, match=r"^inputs\[2\] cannot be encoded by this model's tokenizer"):
+        formatter.format([RawText("fine"), RawText("also fine"), RawText("poison"), RawText("ok")])
