@@ -121,6 +121,24 @@ def test_reward_functions_pickle_and_score_after_the_round_trip(server: str, kin
         copy.close()
 
 
+def test_content_parts_and_tool_calls_are_scored_as_the_text_they_stand_for(server: str) -> None:
+    """Once 422 from the server (content must be a string, no tool_calls field): now sent as
+    text. A per-row chat_template_kwargs column reaches the function and is not sent."""
+    call = {"type": "function", "function": {"name": "weather", "arguments": {"city": "Paris"}}}
+    prompts = [[{"role": "user", "content": [{"type": "text", "text": "Weather in "},
+                                             {"type": "text", "text": "Paris?"}]}]]
+    completions = [[{"role": "assistant", "content": None, "tool_calls": [call]},
+                    {"role": "tool", "name": "weather", "content": "18 C"},
+                    {"role": "assistant", "content": [{"type": "text", "text": "It is 18 C."}]}]]
+    got = asyncio.run(AsyncRmserveReward(server, model="gpt2")(
+        prompts=prompts, completions=completions, chat_template_kwargs=[{"enable_thinking": False}]))
+    as_text = [{"role": "user", "content": "Weather in Paris?"},
+               {"role": "assistant", "content": json.dumps(call["function"])},
+               {"role": "tool", "content": "18 C"}, {"role": "assistant", "content": "It is 18 C."}]
+    expected = httpx.post(f"{server}/v1/score", json={"model": "gpt2", "inputs": [{"messages": as_text}]})
+    assert got == expected.json()["rewards"]
+
+
 def test_conversational_trl_inputs_are_scored_with_the_chat_template(
     server: str, tiny_model_dirs: dict[str, Path]
 ) -> None:
