@@ -248,12 +248,18 @@ def test_config_schema_agrees_with_the_settings() -> None:
         }, field
 
 
-@pytest.mark.parametrize("config", [
-    {"RMSERVE_MODLE": "typo"}, {"RMSERVE_PORT": 9000}, {"RMSERVE_PROTECT_HEALTH": True},
-    {"RMSERVE_TOO_LONG": "cut"}, {"RMSERVE_MAX_QUEUE_ITEMS": 0},
+@pytest.mark.parametrize(("config", "reason"), [
+    ({"RMSERVE_MODLE": "typo"}, r"at '/config': additional properties 'RMSERVE_MODLE' not allowed"),
+    ({"RMSERVE_PORT": 9000}, r"at '/config': additional properties 'RMSERVE_PORT' not allowed"),
+    ({"RMSERVE_PROTECT_HEALTH": True},
+     r"at '/config': additional properties 'RMSERVE_PROTECT_HEALTH' not allowed"),
+    ({"RMSERVE_TOO_LONG": "cut"},
+     r"at '/config/RMSERVE_TOO_LONG': value must be one of 'truncate', 'reject'"),
+    ({"RMSERVE_MAX_QUEUE_ITEMS": 0}, r"at '/config/RMSERVE_MAX_QUEUE_ITEMS': minimum: got 0, want 1"),
 ])
-def test_the_schema_refuses_bad_settings(config: dict[str, Any]) -> None:
-    with helm.Chart.load(CHART) as chart, pytest.raises(helm.HelmValuesError):
+def test_the_schema_refuses_bad_settings(config: dict[str, Any], reason: str) -> None:
+    """Each bad value is refused by values.schema.json for its own reason, naming the key."""
+    with helm.Chart.load(CHART) as chart, pytest.raises(helm.HelmValuesError, match=reason):
         chart.render({"config": config}, name=RELEASE)
 
 
