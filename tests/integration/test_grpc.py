@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib.util
 import subprocess
 import sys
+import time
 import unittest.mock
 from collections.abc import Iterator
 from pathlib import Path
@@ -19,7 +20,7 @@ from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 from service.api.grpc import rmserve_pb2 as pb
 from service.api.grpc import rmserve_pb2_grpc
 from tests.integration.reference import mixed_items
-from tests.integration.server import free_port, running_server
+from tests.integration.server import free_port, metric, running_server
 
 ROOT = Path(__file__).parents[2]
 PROTO = "service/api/grpc/rmserve.proto"
@@ -115,14 +116,60 @@ def test_bad_input_gets_a_status_code_and_a_message(
     assert words in error.value.details()
 
 
+@pytest.fixture(scope="module")
+def slow_stub(
+    tiny_model_dirs: dict[str, Path], tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[tuple[str, rmserve_pb2_grpc.RewardServiceStub]]:
+    """(HTTP URL, stub) of a server whose items wait 2 s in the queue for company, so a call's
+    deadline passes while its items are still queued."""
+    args = ["--model", f"bert={tiny_model_dirs['bert-right']}", "--max-wait-ms", "2000",
+            "--max-batch-pairs", "256"]  # no batch fills up: every item waits the window out
+    port = free_port()
+    with (running_server(args, store=tmp_path_factory.mktemp("store"), grpc_port=port) as url,
+          grpc.insecure_channel(f"127.0.0.1:{port}") as channel):
+        yield url, rmserve_pb2_grpc.RewardServiceStub(channel)
+
+
+def dropped_items(url: str, reason: str | None = None) -> float:
+    return metric(url, "rmserve_dropped_items_total", **({"reason": reason} if reason else {}))
+
+
 def test_a_passed_deadline_gets_deadline_exceeded_and_the_server_keeps_serving(
-    stub: rmserve_pb2_grpc.RewardServiceStub,
+    slow_stub: tuple[str, rmserve_pb2_grpc.RewardServiceStub],
 ) -> None:
-    request = pb.ScoreRequest(inputs=[to_pb(i) for i in mixed_items(seed=33, count=64)])
+    url, stub = slow_stub
+    items = [pb.Item(text=f"item {i} waits for company") for i in range(6)]
+    passes, dropped = metric(url, "rmserve_batch_size_count"), dropped_items(url)
+    started = time.monotonic()
     with pytest.raises(grpc.RpcError) as error:
-        stub.Score(request, timeout=0.001)
+        stub.Score(pb.ScoreRequest(inputs=items), timeout=0.3)
     assert error.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
-    assert len(stub.Score(request, timeout=60).rewards) == 64
+    assert time.monotonic() - started < 1.5
+    time.sleep(2.5)  # past the batching window: nothing of it may have been computed since
+    assert metric(url, "rmserve_batch_size_count") == passes, "the items were computed after their deadline"
+    # Counted as dropped (under which reason: see the next test).
+    assert dropped_items(url) - dropped == len(items)
+    assert metric(url, "rmserve_queue_depth") == 0
+    assert len(stub.Score(pb.ScoreRequest(inputs=items), timeout=60).rewards) == len(items)
+    assert metric(url, "rmserve_batch_size_count") > passes
+
+
+def test_items_dropped_at_a_grpc_deadline_are_counted_as_deadline_drops(
+    slow_stub: tuple[str, rmserve_pb2_grpc.RewardServiceStub],
+) -> None:
+    """gRPC itself cancels a call at its deadline, racing the scorer's own timer: either way the
+    drop is a deadline's (many concurrent calls, so a race lost now and then shows)."""
+    url, stub = slow_stub
+    calls, per_call = 24, 2
+    dropped = dropped_items(url, "deadline")
+    futures = [stub.Score.future(pb.ScoreRequest(inputs=[pb.Item(text=f"call {c} item {i}")
+                                                         for i in range(per_call)]), timeout=0.3)
+               for c in range(calls)]
+    codes = [future.exception(timeout=10) for future in futures]
+    assert [c.code() if isinstance(c, grpc.RpcError) else c for c in codes] == [
+        grpc.StatusCode.DEADLINE_EXCEEDED] * calls
+    time.sleep(2.5)
+    assert dropped_items(url, "deadline") - dropped == calls * per_call
 
 
 def _health(target: str) -> dict[str, int]:
@@ -177,17 +224,31 @@ def test_list_models_reports_models_and_limits(stub: rmserve_pb2_grpc.RewardServ
 
 
 def test_priority_normalize_and_clip_as_over_http(servers: tuple[str, str], stub) -> None:
-    items = [to_pb(item) for item in mixed_items(seed=3, count=6)]
+    dicts = mixed_items(seed=3, count=6)
+    items = [to_pb(item) for item in dicts]
+
+    def over_http(path: str, **body: object) -> httpx.Response:
+        return httpx.post(f"{servers[0]}{path}", json={"model": "gpt2", **body}, timeout=30)
+
     raw = stub.Score(pb.ScoreRequest(model="gpt2", inputs=items, priority=-5), timeout=30)
+    assert list(raw.rewards) == over_http("/v1/score", inputs=dicts, priority=-5).json()["rewards"]
     clipped = stub.Score(pb.ScoreRequest(model="gpt2", inputs=items, clip=0.01), timeout=30)
+    assert list(clipped.rewards) == over_http("/v1/score", inputs=dicts, clip=0.01).json()["rewards"]
+    assert any(abs(r) > 0.01 for r in raw.rewards), "no reward is outside the clip: nothing is tested"
     assert list(clipped.rewards) == pytest.approx([max(-0.01, min(0.01, r)) for r in raw.rewards], abs=1e-7)
     rank = pb.RankRequest(model="gpt2", prompt="Hi", responses=["a", "b"], priority=0)
     ranked = stub.Rank(rank, timeout=30)
+    ranked_http = over_http("/v1/rank", prompt="Hi", responses=["a", "b"], priority=0).json()
     assert len(ranked.rewards) == 2
+    assert (list(ranked.rewards), list(ranked.ranking), ranked.best) == (
+        ranked_http["rewards"], ranked_http["ranking"], ranked_http["best"])
     with pytest.raises(grpc.RpcError) as refused:  # these test models have no statistics
         stub.Score(pb.ScoreRequest(model="gpt2", inputs=items, normalize=True), timeout=30)
     assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert "'gpt2' has no normalisation statistics" in refused.value.details()
+    refused_http = over_http("/v1/score", inputs=dicts, normalize=True)
+    assert refused_http.status_code == 422
+    assert refused_http.json()["error"]["message"] == refused.value.details()
 
 
 @pytest.mark.parametrize("options", [{"clip": float("nan")}, {"clip": -1.0}, {"priority": 2**31 - 1}])
