@@ -112,10 +112,26 @@ def test_rank_orders_by_the_models_rewards_even_when_clipped(server: str) -> Non
 
 
 def test_combined_rewards_are_clipped_as_a_sum(server: str) -> None:
-    combined = score(server, inputs=ITEMS, combine={"bert": 1.0, "gpt2": 1.0}, clip=0.05).json()
-    assert all(abs(r) <= 0.05 for r in combined["rewards"])
-    unclipped = score(server, inputs=ITEMS, combine={"bert": 1.0, "gpt2": 1.0}).json()
+    """r = clip(0.7 * r_bert + 1.5 * r_gpt2): the weighted sum of each model's own rewards, then
+    clipped (not the parts clipped, then summed)."""
+    weights = {"bert": 0.7, "gpt2": 1.5}
+    alone = {name: score(server, model=name, inputs=ITEMS).json()["rewards"] for name in weights}
+    sums = [0.7 * b + 1.5 * g for b, g in zip(alone["bert"], alone["gpt2"], strict=True)]
+    bound = sorted(abs(r) for r in sums)[len(sums) // 2]  # clips about half
+    expected = [max(-bound, min(bound, r)) for r in sums]
+    assert any(abs(r) > bound for r in sums) and any(abs(r) < bound for r in sums)
+
+    combined = score(server, inputs=ITEMS, combine=weights, clip=bound).json()
+
+    assert combined["rewards"] == pytest.approx(expected, abs=1e-6)
+    assert all(abs(r) <= bound for r in combined["rewards"])
+    unclipped = score(server, inputs=ITEMS, combine=weights).json()
     assert combined["components"] == unclipped["components"]
+    assert unclipped["rewards"] == pytest.approx(sums, abs=1e-6)
+    # Clipping each part first would give another answer for these rewards.
+    parts_clipped = [max(-bound, min(bound, 0.7 * b)) + max(-bound, min(bound, 1.5 * g))
+                     for b, g in zip(alone["bert"], alone["gpt2"], strict=True)]
+    assert parts_clipped != pytest.approx(expected, abs=1e-6)
 
 
 def test_normalize_without_statistics_is_refused_before_any_work(server: str) -> None:
