@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import json
+import random
 import shutil
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -21,8 +23,49 @@ def _copy_store(onnx_store: Path, tmp_path: Path) -> ModelStore:
     return ModelStore(tmp_path / "store")
 
 
+# fp32 ONNX against torch: far below a thousandth of the spread of the checked rewards.
+RELATIVE_TOLERANCE = 1e-3
+WORDS = ("hello world question answer reward model prompt response good bad helpful python cook pasta "
+         "travel paris explain why because code sorry cannot help the a of to in and is it you").split()
+
+
+def tokenized_rows(tokenizer: Any, *, pairs: bool) -> list[dict[str, list[int]]]:
+    """Real tokenizer encodings from one token to the model's limit (text pairs for an encoder, so
+    token_type_ids take both values)."""
+    rng = random.Random(0)
+    rows = []
+    for words in (1, 2, 3, 5, 8, 13, 21, 34, 55, 89, 150):
+        text = [rng.choice(WORDS) for _ in range(words)]
+        half = max(1, words // 2)
+        second = (" ".join(text[half:]) or "why",) if pairs else ()
+        rows.append(dict(tokenizer(" ".join(text[:half] if pairs else text), *second, truncation=True)))
+    assert max(len(row["input_ids"]) for row in rows) == tokenizer.model_max_length
+    return rows
+
+
+def onnx_feeds(rows: list[dict[str, list[int]]], names: list[str]) -> dict[str, np.ndarray]:
+    """The graph's contract: rows padded on the right, positions counted from 0."""
+    width = max(len(row["input_ids"]) for row in rows)
+    feeds = {name: np.zeros((len(rows), width), dtype=np.int64) for name in names}
+    for i, row in enumerate(rows):
+        n = len(row["input_ids"])
+        feeds["input_ids"][i, :n] = row["input_ids"]
+        feeds["attention_mask"][i, :n] = 1
+        if "token_type_ids" in feeds:
+            feeds["token_type_ids"][i, :n] = row["token_type_ids"]
+        if "position_ids" in feeds:
+            feeds["position_ids"][i] = np.arange(width)
+    return feeds
+
+
 @pytest.mark.parametrize("name", list(ONNX_MODELS))
 def test_export_matches_pytorch_and_is_recorded_with_its_checksum(name: str, onnx_store: Path) -> None:
+    """Parity measured here, on inputs of this test: ONNX Runtime on one right-padded batch and on
+    each row alone, against the PyTorch model's unbatched `model(**inputs).logits`."""
+    import onnxruntime
+    import torch
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
     stored = ModelStore(onnx_store).get(name)
     export = stored.manifest.onnx
     assert export is not None and export.file == "onnx/model.onnx" and export.dtype == "float32"
@@ -30,6 +73,30 @@ def test_export_matches_pytorch_and_is_recorded_with_its_checksum(name: str, onn
     assert stored.manifest.files["onnx/model.onnx"] == sha256_of(stored.path / "onnx/model.onnx")
     assert stored.manifest.preferred_backend == "torch"
     assert not [p for p in stored.path.iterdir() if p.name.startswith(".")]
+
+    model = AutoModelForSequenceClassification.from_pretrained(stored.path).eval()
+    tokenizer = AutoTokenizer.from_pretrained(stored.path)
+    session = onnxruntime.InferenceSession(str(stored.path / export.file), providers=["CPUExecutionProvider"])
+    names = [i.name for i in session.get_inputs()]
+    rows = tokenized_rows(tokenizer, pairs="token_type_ids" in names)
+    with torch.inference_mode():
+        reference = np.array([
+            model(**{k: torch.tensor([row[k]]) for k in row if k in names}).logits[0, 0].item()
+            for row in rows
+        ])
+    batched = session.run(["rewards"], onnx_feeds(rows, names))[0]
+    alone = np.array([session.run(["rewards"], onnx_feeds([row], names))[0][0] for row in rows])
+    assert batched.shape == alone.shape == reference.shape == (len(rows),)
+    # The tiny BERT's rewards all lie within about 1e-4 of each other, as wide as FP32_TOLERANCE: a
+    # constant would pass that bound, so errors are also bounded relative to the rewards' spread.
+    spread = np.ptp(reference)
+    assert spread > 0, reference
+    for rewards, how in ((alone, "alone"), (batched, "batched")):
+        worst = np.abs(rewards - reference).max()
+        assert worst <= FP32_TOLERANCE, f"{how}: max |ONNX - torch| = {worst:.3g}"
+        assert worst <= RELATIVE_TOLERANCE * spread, (
+            f"{how}: max |ONNX - torch| = {worst:.3g} is {worst / spread:.3g} of the rewards' spread "
+            f"{spread:.3g} (allowed {RELATIVE_TOLERANCE:g})")
 
 
 def test_graph_inputs_follow_the_architecture(onnx_store: Path) -> None:
