@@ -24,9 +24,16 @@ def add_commands(commands: Any, model_actions: Any) -> None:
 
 
 def _add_train(commands: Any) -> None:
-    train = commands.add_parser("train", help="train a Bradley-Terry reward model from preference pairs")
-    train.add_argument("--data", type=Path, required=True, metavar="PAIRS",
-                       help="JSONL(.gz) of prompt/chosen/rejected (plain or messages) or hh-rlhf transcripts")
+    train = commands.add_parser("train", help="train a reward model from preference pairs (Bradley-Terry) "
+                                              "or scalar ratings (regression)")
+    train.add_argument("--data", type=Path, required=True, metavar="PAIRS|RATED",
+                       help="JSONL(.gz) of prompt/chosen/rejected (plain or messages) or hh-rlhf "
+                            "transcripts; with --objective regression, prompt/response (or messages, "
+                            "text) and a score")
+    train.add_argument("--objective", choices=["bradley-terry", "regression"], default="bradley-terry",
+                       help="pairs: -log sigmoid(r_chosen - r_rejected) (TRL RewardTrainer); ratings: "
+                            "mean squared error to the score (transformers Trainer)")
+    _add_score_key(train)
     train.add_argument("--base", required=True, metavar="MODEL",
                        help="HF model folder, store NAME[:VERSION] or hub id (a scalar head is added "
                             "if it has none)")
@@ -54,11 +61,14 @@ def _add_train(commands: Any) -> None:
 
 def _add_evaluate(commands: Any) -> None:
     evaluate = commands.add_parser(
-        "eval", help="pairwise accuracy, margins and calibration of a model on preference pairs"
+        "eval", help="pairwise accuracy, margins and calibration on preference pairs; correlation "
+                     "and error on rated inputs"
     )
     evaluate.add_argument("--model", metavar="NAME[:VERSION]",
                           help="store model or HF folder (with --url: the served model, default its default)")
-    evaluate.add_argument("--data", type=Path, required=True, metavar="PAIRS")
+    evaluate.add_argument("--data", type=Path, required=True, metavar="PAIRS|RATED",
+                          help="preference pairs, or rated inputs (told apart by the first line)")
+    _add_score_key(evaluate)
     evaluate.add_argument("--url", help="score through a running server (http://host:port or grpc://host:port)")
     evaluate.add_argument("--limit", type=int, default=0, help="only the first N pairs")
     evaluate.add_argument("--bins", type=int, default=5, help="reliability bins over confidence 0.5-1")
@@ -85,6 +95,11 @@ def _add_calibrate(model_actions: Any) -> None:
     calibrate.set_defaults(run=_calibrate)
 
 
+def _add_score_key(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--score-key", default="score", metavar="FIELD",
+                        help="rated inputs: the field holding the rating (default: score; e.g. helpfulness)")
+
+
 def _add_device(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", default="auto", help="in-process: auto (CUDA when present), cpu, cuda:N")
 
@@ -95,11 +110,18 @@ def _add_store(parser: argparse.ArgumentParser) -> None:
 
 
 def _train(args: argparse.Namespace, store: ModelStore) -> int:
+    from rmserve_train.evaluate import Evaluation
     from rmserve_train.pairs import read_pairs, split_pairs
     from rmserve_train.report import format_report
-    from rmserve_train.train import TrainOptions, train_reward_model
+    from rmserve_train.train import train_reward_model
 
     def run() -> int:
+        options = _train_options(args)
+        if args.objective == "regression":
+            from rmserve_train.rated_commands import train_rated
+
+            print(json.dumps(_summary(train_rated(args, store, options))))
+            return 0
         pairs = read_pairs(args.data, limit=args.limit)
         if args.eval_data:
             train_pairs, heldout = pairs, read_pairs(args.eval_data)
@@ -108,15 +130,11 @@ def _train(args: argparse.Namespace, store: ModelStore) -> int:
             train_pairs, heldout = split_pairs(pairs, args.eval_fraction, args.seed)
             data = f"{args.data.name} ({len(train_pairs)} of {len(pairs)} pairs)"
             heldout_data = f"{args.data.name} ({len(heldout)} held out, split seed {args.seed})"
-        options = TrainOptions(
-            epochs=args.epochs, learning_rate=args.lr, batch_pairs=args.batch_pairs,
-            max_length=args.max_length, warmup_ratio=args.warmup_ratio, seed=args.seed,
-            device=args.device, progress=not args.quiet,
-        )
         result = train_reward_model(store, base=args.base, name=args.name, version=args.version,
                                     train_pairs=train_pairs, heldout_pairs=heldout, data=data,
                                     heldout_data=heldout_data, options=options)
-        manifest = result.stored.manifest
+        manifest, held = result.stored.manifest, result.heldout
+        assert isinstance(held, Evaluation)  # the pairwise objective evaluates on pairs
         title = f"{manifest.ref} on {len(heldout)} held-out pairs"
         print(format_report(result.heldout.report, title=title), file=sys.stderr)
         printed: dict[str, Any] = {
@@ -128,7 +146,6 @@ def _train(args: argparse.Namespace, store: ModelStore) -> int:
         if args.plot:
             from rmserve_train.plot import plot_evaluation
 
-            held = result.heldout
             plot = plot_evaluation(held.chosen, held.rejected, held.report, args.plot, title=title)
             printed["plot"] = str(plot)
         print(json.dumps(printed))
@@ -137,14 +154,38 @@ def _train(args: argparse.Namespace, store: ModelStore) -> int:
     return _reporting_errors(run)
 
 
+def _train_options(args: argparse.Namespace) -> Any:
+    from rmserve_train.train import TrainOptions
+
+    return TrainOptions(
+        epochs=args.epochs, learning_rate=args.lr, batch_pairs=args.batch_pairs,
+        max_length=args.max_length, warmup_ratio=args.warmup_ratio, seed=args.seed,
+        device=args.device, progress=not args.quiet,
+    )
+
+
+def _evaluate_rated(args: argparse.Namespace, store: ModelStore) -> int:
+    from rmserve_train.rated_commands import evaluate_rated_file
+
+    source = _source(args.url, args.model, args.device, store)
+    try:
+        print(json.dumps(_summary(evaluate_rated_file(args, store, source))))
+    finally:
+        source.close()
+    return 0
+
+
 def _evaluate(args: argparse.Namespace, store: ModelStore) -> int:
     from rmserve_train.evaluate import evaluate_pairs, evaluation_record, record_evaluation
     from rmserve_train.pairs import read_pairs
+    from rmserve_train.ratings import is_rated
     from rmserve_train.report import format_report
 
     def run() -> int:
         if args.write is not None and not args.model:
             raise DataError("--write needs --model NAME[:VERSION], the store version to record in")
+        if is_rated(args.data, score_key=args.score_key):
+            return _evaluate_rated(args, store)
         pairs = read_pairs(args.data, limit=args.limit)
         source = _source(args.url, args.model, args.device, store)
         try:

@@ -19,6 +19,7 @@ import torch
 from datasets import Dataset
 
 from rmserve_train.pairs import Comparison
+from rmserve_train.ratings import Rated
 from service.backends.base import EncodedPair
 from service.backends.padding import PaddedBatch
 from service.scoring.formatting import InputFormatter
@@ -48,6 +49,19 @@ def encode_pairs(formatter: InputFormatter, pairs: Sequence[Comparison]) -> Enco
     return EncodedPairs(Dataset.from_dict(columns), truncated)
 
 
+def encode_rated(formatter: InputFormatter, rated: Sequence[Rated]) -> EncodedPairs:
+    """Rated inputs for a regression Trainer: one row each, its score as the label."""
+    encoded = formatter.format([r.item for r in rated])
+    columns: dict[str, list[Any]] = {
+        "input_ids": [list(f.pair.input_ids) for f in encoded],
+        "labels": [r.score for r in rated],
+        "length": [len(f.pair) for f in encoded],
+    }
+    if encoded and encoded[0].pair.token_type_ids is not None:
+        columns["token_type_ids"] = [list(f.pair.token_type_ids or ()) for f in encoded]
+    return EncodedPairs(Dataset.from_dict(columns), sum(f.truncated for f in encoded))
+
+
 def training_pad_id(pad_token_id: int, dataset: Dataset, vocab_size: int) -> int:
     """The id to pad training batches with (and to set as config.pad_token_id while training).
 
@@ -57,7 +71,7 @@ def training_pad_id(pad_token_id: int, dataset: Dataset, vocab_size: int) -> int
     EOS. Padding with an id that occurs in no training input puts both at the same token.
     """
     used: set[int] = set()
-    for column in ("chosen_ids", "rejected_ids"):
+    for column in {"chosen_ids", "rejected_ids", "input_ids"} & set(dataset.column_names):
         for ids in dataset[column]:
             used.update(ids)
     if pad_token_id not in used:
@@ -89,3 +103,23 @@ class PreferenceCollator:
 def _row(example: dict[str, Any], side: str) -> EncodedPair:
     types = example.get(f"{side}_token_type_ids")
     return EncodedPair(tuple(example[f"{side}_ids"]), tuple(types) if types is not None else None)
+
+
+@dataclass(frozen=True)
+class RatedCollator:
+    """A batch of rated inputs, padded as the server pads them, with float labels (MSE)."""
+
+    pad_token_id: int
+
+    def __call__(self, examples: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
+        rows = [EncodedPair(tuple(e["input_ids"]), tuple(e["token_type_ids"]) if "token_type_ids" in e
+                            else None) for e in examples]
+        padded = PaddedBatch.of(rows, self.pad_token_id)
+        batch = {
+            "input_ids": torch.from_numpy(padded.input_ids),
+            "attention_mask": torch.from_numpy(padded.attention_mask),
+            "labels": torch.tensor([e["labels"] for e in examples], dtype=torch.float32),
+        }
+        if padded.token_type_ids is not None:
+            batch["token_type_ids"] = torch.from_numpy(padded.token_type_ids)
+        return batch

@@ -1,4 +1,5 @@
-"""Evaluate a reward model on preference pairs and record the results in its manifest."""
+"""Evaluate a reward model on preference pairs or rated inputs and record the results in its
+manifest."""
 
 from __future__ import annotations
 
@@ -9,6 +10,8 @@ from typing import Any
 
 from model_store.store import ModelStore, StoredModel
 from rmserve_train.pairs import Comparison
+from rmserve_train.ratings import Rated
+from rmserve_train.regression_report import RegressionReport, regression_report
 from rmserve_train.report import PairwiseReport, pairwise_report
 from rmserve_train.scorers import RewardSource
 
@@ -29,7 +32,24 @@ def evaluate_pairs(source: RewardSource, pairs: Sequence[Comparison], *, bins: i
     return Evaluation(pairwise_report(chosen, rejected, bins=bins), chosen, rejected)
 
 
-def evaluation_record(report: PairwiseReport, *, data: str, scored_by: str) -> dict[str, Any]:
+@dataclass(frozen=True)
+class RatedEvaluation:
+    """The report and the rewards it was computed from (rewards[i] is for scores[i])."""
+
+    report: RegressionReport
+    rewards: list[float]
+    scores: list[float]
+
+
+def evaluate_rated(source: RewardSource, rated: Sequence[Rated]) -> RatedEvaluation:
+    rewards = source.score([r.item for r in rated])
+    scores = [r.score for r in rated]
+    return RatedEvaluation(regression_report(rewards, scores), rewards, scores)
+
+
+def evaluation_record(
+    report: PairwiseReport | RegressionReport, *, data: str, scored_by: str
+) -> dict[str, Any]:
     """What goes into manifest.evaluation[<key>]: the report plus where it came from."""
     return {
         **report.as_dict(),

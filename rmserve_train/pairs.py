@@ -20,13 +20,16 @@ import re
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from service.scoring.items import Conversation, Message, PromptResponse, RawText, ScoreInput
 
 Judged = PromptResponse | Conversation
 _TURN = re.compile(r"\n\n(Human|Assistant):[ \t]?")
 _ROLES = {"Human": "user", "Assistant": "assistant"}
+
+
+T = TypeVar("T")
 
 
 class DataError(ValueError):
@@ -43,26 +46,25 @@ class Comparison:
 
 def read_pairs(path: Path, *, limit: int = 0) -> list[Comparison]:
     """Every comparison in a PAIRS file, in file order (the first `limit` lines when > 0)."""
-    return [_located(path, number, _comparison, row) for number, row in _rows(path, limit)]
+    return [parse_at(path, number, _comparison, row) for number, row in read_rows(path, limit)]
 
 
 def read_reference_items(path: Path, *, limit: int = 0) -> list[ScoreInput]:
     """Inputs for calibration: both sides of each PAIRS line, or single items written as the
     HTTP API takes them ({"prompt", "response"}, {"messages"} or {"text"})."""
     items: list[ScoreInput] = []
-    for number, row in _rows(path, limit):
+    for number, row in read_rows(path, limit):
         if "chosen" in row:
-            pair = _located(path, number, _comparison, row)
+            pair = parse_at(path, number, _comparison, row)
             items += [pair.chosen, pair.rejected]
         else:
-            items.append(_located(path, number, _single_item, row))
+            items.append(parse_at(path, number, parse_item, row))
     return items
 
 
-def split_pairs(
-    pairs: Sequence[Comparison], held_out_fraction: float, seed: int
-) -> tuple[list[Comparison], list[Comparison]]:
-    """(training, held-out): a seeded shuffle, so a file sorted by topic or source splits evenly."""
+def split_pairs(pairs: Sequence[T], held_out_fraction: float, seed: int) -> tuple[list[T], list[T]]:
+    """(training, held-out): a seeded shuffle, so a file sorted by topic or source splits evenly
+    (pairs, or any other rows such as rated items)."""
     if not 0 < held_out_fraction < 1:
         raise DataError(f"the held-out fraction must be between 0 and 1, not {held_out_fraction}")
     order = list(range(len(pairs)))
@@ -81,7 +83,7 @@ def parse_transcript(transcript: str) -> tuple[Message, ...]:
     return tuple(Message(_ROLES[r], c.strip()) for r, c in zip(roles, contents, strict=True))
 
 
-def _rows(path: Path, limit: int) -> Iterator[tuple[int, dict[str, Any]]]:
+def read_rows(path: Path, limit: int) -> Iterator[tuple[int, dict[str, Any]]]:
     opener = gzip.open if path.suffix == ".gz" else open
     try:
         with opener(path, "rt", encoding="utf-8") as lines:
@@ -103,7 +105,7 @@ def _rows(path: Path, limit: int) -> Iterator[tuple[int, dict[str, Any]]]:
         raise DataError(f"cannot read {path}: {exc.strerror or exc}") from None
 
 
-def _located(path: Path, number: int, parse: Any, row: dict[str, Any]) -> Any:
+def parse_at(path: Path, number: int, parse: Any, row: dict[str, Any]) -> Any:
     try:
         return parse(row)
     except (KeyError, TypeError, ValueError) as exc:
@@ -146,7 +148,7 @@ def _messages(value: list[Any]) -> tuple[Message, ...]:
     return messages
 
 
-def _single_item(row: dict[str, Any]) -> ScoreInput:
+def parse_item(row: dict[str, Any]) -> ScoreInput:
     if isinstance(row.get("prompt"), str) and isinstance(row.get("response"), str):
         return PromptResponse(row["prompt"], row["response"])
     if isinstance(row.get("messages"), list):

@@ -21,10 +21,10 @@ from transformers import AutoModelForSequenceClassification, PrinterCallback, se
 from transformers.utils import logging as hf_logging
 from trl import RewardConfig, RewardTrainer
 
+from model_store.normalization import reward_normalization
 from model_store.store import ModelStore, StoredModel
-from rmserve_train.calibrate import reward_normalization
 from rmserve_train.encoding import PreferenceCollator, encode_pairs, training_pad_id
-from rmserve_train.evaluate import Evaluation, evaluate_pairs, evaluation_record
+from rmserve_train.evaluate import Evaluation, RatedEvaluation, evaluate_pairs, evaluation_record
 from rmserve_train.pairs import Comparison
 from rmserve_train.scorers import InProcessRewards
 from service.loading import load_tokenizer, locate_model
@@ -54,7 +54,7 @@ class TrainResult:
     """The published version, its held-out evaluation and what training did."""
 
     stored: StoredModel
-    heldout: Evaluation
+    heldout: Evaluation | RatedEvaluation  # by the objective: pairs or rated inputs
     training: dict[str, Any]
 
 
@@ -89,7 +89,7 @@ def train_reward_model(
         folder = Path(tmp) / "model"
         training = fit(base_path, train_pairs, folder, Path(tmp) / "trainer", options)
         # Held-out numbers come from the saved folder, loaded as the server will load it.
-        with _quiet_transformers(options.progress):
+        with quiet_transformers(options.progress):
             rewards = InProcessRewards(
                 locate_model(str(folder), store, backend="torch"), device=options.device,
                 progress=options.progress,
@@ -122,7 +122,7 @@ def fit(
     tokenizer = load_tokenizer(base)  # the server's rules (a pad token is set); a hub id works too
     set_seed(options.seed)  # a new head is drawn at random: the same seed, the same head
     model = load_reward_model(base)
-    max_length = _max_length(tokenizer, model, options.max_length)
+    max_length = max_length_for(tokenizer, model, options.max_length)
     encoded = encode_pairs(InputFormatter(tokenizer, max_length), pairs)
     pad_id = training_pad_id(tokenizer.pad_token_id, encoded.dataset,
                              model.get_input_embeddings().num_embeddings)
@@ -135,7 +135,7 @@ def fit(
     model.config.pad_token_id = pad_id  # RewardTrainer set the tokenizer's; see training_pad_id
     if not options.progress:
         trainer.remove_callback(PrinterCallback)  # without a progress bar, it prints every log
-    with _quiet_transformers(options.progress):
+    with quiet_transformers(options.progress):
         outcome = trainer.train()
         model.config.pad_token_id = tokenizer.pad_token_id
         tokenizer.model_max_length = max_length  # a plain-folder load then sees the same limit
@@ -183,14 +183,14 @@ def _reward_config(options: TrainOptions, work_dir: Path, pairs: int, *, on_gpu:
 def load_reward_model(base: str) -> Any:
     """The base as *ForSequenceClassification with one output: a base without a scalar head
     (an encoder, a causal LM, a classifier with other labels) gets a new one."""
-    with _quiet_transformers(False):  # the new head is "missing" from the checkpoint: expected
+    with quiet_transformers(False):  # the new head is "missing" from the checkpoint: expected
         return AutoModelForSequenceClassification.from_pretrained(
             base, num_labels=1, id2label={0: "reward"}, label2id={"reward": 0},
             problem_type="regression", ignore_mismatched_sizes=True, dtype=torch.float32,
         )
 
 
-def _max_length(tokenizer: Any, model: Any, wanted: int | None) -> int:
+def max_length_for(tokenizer: Any, model: Any, wanted: int | None) -> int:
     limit = tokenizer.model_max_length
     if not 0 < limit < _UNLIMITED_LENGTH:
         limit = getattr(model.config, "max_position_embeddings", None) or 512
@@ -200,7 +200,7 @@ def _max_length(tokenizer: Any, model: Any, wanted: int | None) -> int:
 
 
 @contextlib.contextmanager
-def _quiet_transformers(progress: bool) -> Iterator[None]:
+def quiet_transformers(progress: bool) -> Iterator[None]:
     """Only errors from transformers' logger; its progress bars only when progress is wanted."""
     verbosity, bars = hf_logging.get_verbosity(), hf_logging.is_progress_bar_enabled()
     hf_logging.set_verbosity_error()
