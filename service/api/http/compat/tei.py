@@ -14,11 +14,11 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse, Response
-from pydantic import BaseModel, ConfigDict, Field
 
 from service.api.http.compat.common import CompatRoute, sigmoid
 from service.api.http.compat.tei_schemas import (
     PredictInput,
+    TeiErrorResponse,
     TeiInfo,
     TeiPrediction,
     TeiPredictRequest,
@@ -33,8 +33,9 @@ from service.api.http.routes import (
     get_scorer,
     unless_client_leaves,
 )
+from service.api.http.schemas import ErrorResponse
 from service.api.observe import RequestObservation
-from service.scoring.errors import InvalidInputError
+from service.scoring.errors import InvalidInputError, NotReadyError
 from service.scoring.items import PromptResponse, RawText, ScoreInput
 from service.scoring.registry import ModelRegistry
 from service.scoring.scorer import Readiness, Scorer
@@ -71,7 +72,16 @@ class TeiRoute(CompatRoute):
         return empty_is_empty
 
 
-router = APIRouter(route_class=TeiRoute, tags=["TEI-compatible"])
+# What these routes answer besides 200; 401 and 413 (body over the limit) come from middleware, in
+# rmserve's own shape, before the route is known.
+_ERRORS: dict[int | str, dict[str, Any]] = {
+    status: {"model": TeiErrorResponse, "description": text} for status, text in {
+        400: "Empty: no sequence", 422: "Validation: invalid request, unknown model, too many inputs",
+        424: "Backend: the model failed or was too late", 429: "Overloaded: queue full",
+        503: "Unhealthy: not ready or shutting down"}.items()
+} | {status: {"model": ErrorResponse, "description": text}
+     for status, text in {401: "missing or invalid API key", 413: "body too large"}.items()}
+router = APIRouter(route_class=TeiRoute, tags=["TEI-compatible"], responses=_ERRORS)
 ScorerDep = Annotated[Scorer, Depends(get_scorer)]
 ObservationDep = Annotated[RequestObservation, Depends(get_observation)]
 
@@ -141,22 +151,17 @@ async def rerank(
 
 @router.get("/info", response_model=TeiInfo)
 async def info(
-    request: Request, registry: Annotated[ModelRegistry, Depends(get_registry)], scorer: ScorerDep
+    request: Request, registry: Annotated[ModelRegistry, Depends(get_registry)], scorer: ScorerDep,
+    readiness: Annotated[Readiness, Depends(get_readiness)],
 ) -> TeiInfo:
     """TEI's /info for the default model (the one TEI's routes score with)."""
+    if reason := readiness.not_ready_reason:  # no model may be registered yet
+        raise NotReadyError(reason)
     served = registry.get(None)
     return TeiInfo.of(served, scorer, version=request.app.version)
 
 
-class TeiErrorResponse(BaseModel):
-    """TEI's error body."""
-
-    model_config = ConfigDict(extra="forbid")
-    error: str = Field(examples=["unhealthy"])
-    error_type: str = Field(examples=["Unhealthy"])
-
-
-@router.get("/health", responses={503: {"model": TeiErrorResponse}})
+@router.get("/health", response_class=Response, responses={200: {"description": "ready (no body)"}})
 async def health(readiness: Annotated[Readiness, Depends(get_readiness)]) -> Response:
     """TEI's /health: 200 with no body once every model is loaded, else 503 Unhealthy."""
     if readiness.not_ready_reason:

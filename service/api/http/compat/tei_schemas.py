@@ -48,6 +48,13 @@ class TeiRank(BaseModel):
     score: float
 
 
+class TeiErrorResponse(BaseModel):
+    """TEI's error body."""
+
+    error: str
+    error_type: Literal["Unhealthy", "Backend", "Overloaded", "Validation", "Tokenizer", "Empty"]
+
+
 class TeiInfo(BaseModel):
     """TEI's /info. The model type is a reranker: a reward model scores (prompt, response) pairs."""
 

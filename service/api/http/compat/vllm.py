@@ -27,6 +27,7 @@ from service.api.http.compat.vllm_schemas import (
     VllmClassificationData,
     VllmClassificationResponse,
     VllmClassifyRequest,
+    VllmErrorResponse,
     VllmRerankDocument,
     VllmRerankRequest,
     VllmRerankResponse,
@@ -39,7 +40,7 @@ from service.api.http.compat.vllm_schemas import (
 )
 from service.api.http.routes import get_observation, get_registry, get_scorer, models, unless_client_leaves
 from service.api.http.routes import router as rmserve_router
-from service.api.http.schemas import ModelList
+from service.api.http.schemas import ErrorResponse, ModelList
 from service.api.observe import RequestObservation
 from service.scoring.errors import InvalidInputError
 from service.scoring.items import Conversation, Message, PromptResponse, RawText, ScoreInput
@@ -84,7 +85,15 @@ class VllmRerankRoute(BodyDispatchRoute, VllmRoute):
     otherwise = staticmethod(lambda: route_of(tei.router, "/rerank", "POST"))
 
 
-router = APIRouter(route_class=VllmRoute, tags=["vLLM-compatible"])
+# What these routes answer besides 200; 401 and 413 (body over the limit) come from middleware, in
+# rmserve's own shape, before the route is known.
+_ERRORS: dict[int | str, dict[str, Any]] = {
+    status: {"model": VllmErrorResponse, "description": text} for status, text in {
+        400: "invalid request, or too many inputs", 404: "unknown model", 429: "queue full",
+        500: "internal error", 503: "not ready or shutting down", 504: "computed too late"}.items()
+} | {status: {"model": ErrorResponse, "description": text}
+     for status, text in {401: "missing or invalid API key", 413: "body too large"}.items()}
+router = APIRouter(route_class=VllmRoute, tags=["vLLM-compatible"], responses=_ERRORS)
 ScorerDep = Annotated[Scorer, Depends(get_scorer)]
 ObservationDep = Annotated[RequestObservation, Depends(get_observation)]
 

@@ -137,6 +137,19 @@ class VllmRerankResponse(BaseModel):
     results: list[VllmRerankResult]
 
 
+class VllmErrorInfo(BaseModel):
+    message: str
+    type: str = Field(examples=["BadRequestError"])
+    param: str | None = None
+    code: int = Field(description="the HTTP status")
+
+
+class VllmErrorResponse(BaseModel):
+    """vLLM's (OpenAI-style) error body."""
+
+    error: VllmErrorInfo
+
+
 class OpenAIModelCard(BaseModel):
     id: str
     object: Literal["model"] = "model"
