@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import math
 import resource
@@ -22,7 +23,8 @@ import uvicorn
 from uvicorn.protocols.http.h11_impl import H11Protocol
 from uvicorn.server import HANDLED_SIGNALS
 
-from service.api.http.middleware import OVERLOAD_EXTENSION
+from service.api.http.middleware import CLOSED_EXTENSION, OVERLOAD_EXTENSION
+from service.api.observe import error_body
 
 log = logging.getLogger("rmserve.connections")
 
@@ -108,6 +110,16 @@ class BoundedH11Protocol(H11Protocol):
         super().resume_writing()
         self._enter_phase()
 
+    def send_400_response(self, msg: str) -> None:
+        """A request h11 cannot parse gets the one error body too, not uvicorn's plain text."""
+        body = json.dumps(error_body("bad_request", f"malformed HTTP request ({msg.rstrip('.')})")).encode()
+        headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
+                   (b"connection", b"close")]
+        for event in (h11.Response(status_code=400, headers=headers, reason=b"Bad Request"),
+                      h11.Data(data=body), h11.EndOfMessage()):
+            self.transport.write(self.conn.send(event) or b"")
+        self.close(why=(400, "bad_request"))
+
     @property
     def phase(self) -> Phase:
         if self.transport.is_closing():
@@ -140,10 +152,13 @@ class BoundedH11Protocol(H11Protocol):
             self.transport.write(_REQUEST_TIMEOUT)
         log.debug("closing a connection: %s phase over its timeout", phase,
                   extra={"client": _peer(self.client), "phase": phase})
-        self.close(reset=phase == "send")
+        self.close(reset=phase == "send", why=(408, "request_timeout"))
 
-    def close(self, *, reset: bool = False) -> None:
-        """Close now; a socket whose client does not read is reset rather than left flushing."""
+    def close(self, *, reset: bool = False, why: tuple[int, str] | None = None) -> None:
+        """Close now; a socket whose client does not read is reset rather than left flushing.
+        A request the app is still handling is counted as `why` (status, error type)."""
+        if why and self.cycle is not None and not self.cycle.response_started:
+            self.scope.setdefault("extensions", {})[CLOSED_EXTENSION] = why  # type: ignore[index]
         self._cancel_timer()
         self._phase = "closing"
         self.connections.discard(self)
@@ -161,7 +176,7 @@ class BoundedH11Protocol(H11Protocol):
         victim = min(candidates, key=lambda c: (_DISPLACEABLE.get(c._phase or "busy", 0), c.phase_since))
         log.debug("server full: closing the connection %s longest in the %s phase",
                   _peer(victim.client), victim._phase)
-        victim.close()
+        victim.close(why=(503, "too_many_connections"))
         return True
 
     def _shed(self) -> None:

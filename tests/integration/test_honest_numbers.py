@@ -211,3 +211,31 @@ def test_every_bad_body_is_422_invalid_request(
     assert error["type"] == "invalid_request"
     if what != "wrong fields" or path == "/v1/score":
         assert says in error["message"], (what, error["message"])
+
+
+def _exchange(url: str, raw: bytes) -> bytes:
+    """Send `raw`, read until the server closes (bounded by the socket timeout)."""
+    host, port = url.removeprefix("http://").split(":")
+    data = b""
+    with socket.create_connection((host, int(port)), timeout=5) as sock:
+        sock.sendall(raw)
+        while chunk := sock.recv(4096):
+            data += chunk
+    return data
+
+
+def test_a_malformed_request_is_a_json_400_and_counted_as_400_not_499(server: Served) -> None:
+    """A chunk that is no chunk, after the head was admitted: the connection layer answers, and
+    the request is counted as what it was, not as a client that went away."""
+    before = metric(server.url, "rmserve_requests_total", endpoint="/v1/score", code="400")
+    head = (b"POST /v1/score HTTP/1.1\r\nhost: x\r\ntransfer-encoding: chunked\r\n" + AUTH_LINE
+            + b"content-type: application/json\r\nx-request-id: bad-chunk\r\n\r\n")
+    answer = _exchange(server.url, head + b"zz\r\n")
+    head, _, body = answer.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 400 ") and b"content-type: application/json" in head
+    assert json.loads(body)["error"]["type"] == "bad_request"
+    line = json_line(server.log_file, "bad-chunk")
+    assert (line["status"], line["error"]) == (400, "bad_request")
+    assert metric(server.url, "rmserve_requests_total", endpoint="/v1/score", code="400") == before + 1
+    garbage = _exchange(server.url, b"NOT HTTP AT ALL\r\n\r\n")
+    assert garbage.startswith(b"HTTP/1.1 400 ") and b'"bad_request"' in garbage

@@ -21,6 +21,10 @@ _PROBES = {"/healthz", "/readyz"}
 # Set by the connection layer (service/serving.py) on requests of a connection accepted while
 # every other one was busy: they are answered 503, probes excepted.
 OVERLOAD_EXTENSION = "rmserve.overloaded"
+# Set by the connection layer when it closes a connection whose request the app is still handling
+# (a malformed chunk, a body past its deadline, a slow connection displaced): (status, error type),
+# what the request is counted as; otherwise the app would see a disconnect and count the client's.
+CLOSED_EXTENSION = "rmserve.closed"
 # What a request is counted as when its client went away before it was answered (nginx's code).
 CLIENT_CLOSED = 499
 
@@ -154,13 +158,18 @@ class RequestObserverMiddleware:
             raise
         finally:
             inflight.dec()
-            status = status or _unanswered(observation, client_gone)
+            status = status or _unanswered(observation, client_gone, scope)
             observation.answered(status, failed=status >= 400 and endpoint not in _PROBES)
 
 
-def _unanswered(observation: RequestObservation, client_gone: bool) -> int:
-    """The status of a request the app returned from without answering: the client hung up
-    (an aborted upload: the client's doing, 499), or else uvicorn answers 500 (a bug)."""
+def _unanswered(observation: RequestObservation, client_gone: bool, scope: Scope) -> int:
+    """The status of a request the app returned from without answering: the server's connection
+    layer closed it (and says why), the client hung up (an aborted upload: the client's doing,
+    499), or else uvicorn answers 500 (a bug)."""
+    if closed := scope.get("extensions", {}).get(CLOSED_EXTENSION):
+        status, kind = closed
+        observation.failed(kind)
+        return int(status)
     if client_gone:
         observation.failed("client_closed")
         return CLIENT_CLOSED
