@@ -6,8 +6,8 @@ the image with `buildah config` and `buildah run`, show that each check fails wh
 
 buildah's chroot isolation shares this machine's network and process ids: the server binds 127.0.0.1
 (RMSERVE_HOST), and SIGTERM goes to the entrypoint's process, as `docker stop` sends it to PID 1.
-The first build takes about 7 minutes (debootstrap, the wheelhouse, the demo model's training); a
-rebuild with nothing changed, seconds."""
+A first build takes about 7 to 8 minutes on an idle 2-core machine (debootstrap, the wheelhouse, the
+demo model's training); a rebuild with nothing changed, under a minute (README, "The image in CI")."""
 
 from __future__ import annotations
 
