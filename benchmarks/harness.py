@@ -113,14 +113,16 @@ def stop(process: subprocess.Popen[str], grace_s: float = STOP_GRACE_S) -> None:
 
 
 @contextlib.contextmanager
-def server_process(command: list[str], port: int, log: Path, timeout_s: float = 300) -> Iterator[int]:
+def server_process(
+    command: list[str], port: int, log: Path, timeout_s: float = 300, env: dict[str, str] | None = None
+) -> Iterator[int]:
     """A benchmark's server: start `command`, wait for GET /readyz on `port`, yield its pid.
 
-    The output goes to `log`, the environment is inherited, and the startup wait is long, since a
-    large model on a GPU may take minutes to load and warm up.
+    The output goes to `log`, the environment is `env` (else inherited), and the startup wait is
+    long, since a large model on a GPU may take minutes to load and warm up.
     """
     with started_server(command, f"http://{LOOPBACK}:{port}/readyz", startup_timeout_s=timeout_s,
-                        log_file=log, new_session=True) as process:
+                        log_file=log, env=env, new_session=True) as process:
         yield process.pid
 
 
