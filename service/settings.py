@@ -24,7 +24,15 @@ from service.api.auth import (
 DEFAULT_MODEL = DEMO_MODEL
 
 
-class Settings(BaseSettings):
+class StoreSettings(BaseSettings):
+    """Where the model store is: for every command (`rmserve models ...` too), not only `serve`."""
+
+    model_config = SettingsConfigDict(env_prefix="RMSERVE_")
+
+    store: Path = Field(DEFAULT_STORE, description="model store root folder")
+
+
+class Settings(StoreSettings):
     """Configuration of `rmserve serve`; every field is also --kebab-case flag and RMSERVE_ env var."""
 
     model_config = SettingsConfigDict(
@@ -37,7 +45,6 @@ class Settings(BaseSettings):
     host: str = Field("127.0.0.1", description="address to bind; 0.0.0.0 only when asked")
     port: int = Field(8000, ge=0, le=65535, description="HTTP port")
     grpc_port: int = Field(50051, ge=0, le=65535, description="gRPC port (same host); 0 = no gRPC")
-    store: Path = Field(DEFAULT_STORE, description="model store root folder")
     model: list[str] = Field(
         default_factory=list,
         description="model to serve, repeatable: NAME[:VERSION] from the store, or an HF folder; "
@@ -100,6 +107,39 @@ class Settings(BaseSettings):
     protect_health: bool = Field(False, description="require an API key for /healthz and /readyz too")
     shutdown_grace_s: float = Field(
         30.0, gt=0, description="on SIGTERM: seconds for admitted requests to finish before exiting"
+    )
+    header_timeout_s: float = Field(
+        10.0, gt=0, description="a connection must send a request's line and headers within this of "
+        "connecting (or of its first byte after an answer), else 408 and closed; gRPC: the HTTP/2 "
+        "handshake (preface and settings)"
+    )
+    body_timeout_s: float = Field(
+        30.0, gt=0, description="a request body must be in within this of its headers, else 408 and "
+        "closed; a client that stops reading its answer this long is reset; gRPC: how long calls may "
+        "still run once a connection reaches --grpc-max-connection-age-s"
+    )
+    keep_alive_timeout_s: float = Field(
+        20.0, gt=0, description="an HTTP connection idle this long between requests is closed (longer "
+        "than clients' own pool expiry, e.g. httpx's 5 s, so that the client closes first; idle "
+        "connections are the first displaced when --max-connections is reached)"
+    )
+    max_connections: int = Field(
+        1000, ge=1, description="open HTTP connections; when full, a new one displaces the longest-idle "
+        "or slowest-sending one, or is answered 503 if all are busy (probes still answered). Also the "
+        "most gRPC connections and calls in progress (beyond: RESOURCE_EXHAUSTED)"
+    )
+    grpc_idle_timeout_s: float = Field(
+        60.0, gt=0, description="a gRPC connection with no call in progress this long is closed "
+        "(GOAWAY; clients reconnect by themselves)"
+    )
+    grpc_max_connection_age_s: float = Field(
+        600.0, gt=0, description="every gRPC connection is asked to go away (GOAWAY) after this; with "
+        "--body-timeout-s for its calls to finish, this bounds a call whose message never completes"
+    )
+    malloc_mmap_threshold_kib: int = Field(
+        1024, ge=0, le=32768,
+        description="glibc: blocks from this size up are mmapped and given back when freed, so resident "
+        "memory does not grow with the variety of batch shapes; 0 = glibc's own (rising) threshold",
     )
     warmup: bool = Field(True, description="run a forward pass per model before reporting ready")
     trust_remote_code: list[str] = Field(

@@ -161,23 +161,31 @@ class Batcher:
         if self._task is not None:
             await self._task
 
-    def submit(self, pairs: Sequence[EncodedPair], priority: int = 0) -> Submission:
-        """Queue all of a request's items or none of them."""
+    @property
+    def max_queue_tokens(self) -> int | None:
+        return self._max_queue_tokens
+
+    def check_room(self, items: int, tokens: int = 0) -> None:
+        """Raise unless `items` items of `tokens` tokens could be queued now. Called with the item
+        count alone before a request is tokenised, so a full queue refuses it before that work."""
         if self._closed:
             raise BatcherClosedError("the server is shutting down")
-        tokens = sum(pair.own_length for pair in pairs)
         token_limit = self._max_queue_tokens or math.inf
-        if len(pairs) > self._max_queue_items or tokens > token_limit:
+        if items > self._max_queue_items or tokens > token_limit:
             raise TooBigForQueueError(
-                f"this request holds {len(pairs)} items and {tokens} tokens; the queue holds at most "
+                f"this request holds {items} items and {tokens} tokens; the queue holds at most "
                 f"{self._max_queue_items} items and {self._max_queue_tokens} tokens: split it"
             )
-        items_after = len(self._pending) + len(pairs)
-        if items_after > self._max_queue_items or self._queued_tokens + tokens > token_limit:
+        if len(self._pending) + items > self._max_queue_items or self._queued_tokens + tokens > token_limit:
             raise QueueFullError(
                 f"the queue is full ({len(self._pending)} items, {self._queued_tokens} tokens waiting): "
                 "retry shortly"
             )
+
+    def submit(self, pairs: Sequence[EncodedPair], priority: int = 0) -> Submission:
+        """Queue all of a request's items or none of them."""
+        tokens = sum(pair.own_length for pair in pairs)
+        self.check_room(len(pairs), tokens)
         loop = asyncio.get_running_loop()
         items = [_Pending(pair, loop.create_future(), priority) for pair in pairs]
         self._pending.extend(items)

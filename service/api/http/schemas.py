@@ -6,7 +6,7 @@ import math
 from collections.abc import Callable
 from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, model_validator
+from pydantic import BaseModel, ConfigDict, Discriminator, Field, StrictFloat, Tag, model_validator
 
 from service.scoring.items import Conversation, Message, PromptResponse, RawText, ScoreInput
 from service.scoring.options import MAX_PRIORITY, ScoreOptions
@@ -56,19 +56,23 @@ ItemIn = Annotated[
 
 
 class _Scheduling(_Strict):
+    # Strict: a "5" or a true is a client's mistake to report, not a number to guess at.
     priority: int | None = Field(
-        None, ge=-MAX_PRIORITY, le=MAX_PRIORITY,
+        None, strict=True, ge=-MAX_PRIORITY, le=MAX_PRIORITY,
         description="higher is served sooner; default 0 for /v1/score, 10 for /v1/rank",
     )
     timeout_ms: int | None = Field(
-        None, ge=1, le=3_600_000,
+        None, strict=True, ge=1, le=3_600_000,
         description="answer 504 (and drop the items) if they are not computed within this time",
     )
 
     normalize: bool = Field(
-        False, description="(r - mean) / std with the model's statistics (rmserve models calibrate)"
+        False, strict=True,
+        description="(r - mean) / std with the model's statistics (rmserve models calibrate)",
     )
-    clip: float | None = Field(None, gt=0, description="clip each returned reward to [-clip, clip]")
+    clip: float | None = Field(
+        None, strict=True, gt=0, description="clip each returned reward to [-clip, clip]"
+    )
 
     def options(self) -> ScoreOptions:
         timeout_s = self.timeout_ms / 1000 if self.timeout_ms else None
@@ -78,7 +82,7 @@ class _Scheduling(_Strict):
 class ScoreRequest(_Scheduling):
     inputs: list[ItemIn] = Field(min_length=1, fail_fast=True, description="items to score, in order")
     model: str | None = Field(None, description="served model name; default model when absent")
-    combine: dict[str, float] | None = Field(
+    combine: dict[str, StrictFloat] | None = Field(
         None, min_length=1, max_length=MAX_COMBINED_MODELS, examples=[{"helpful": 0.7, "harmless": 0.3}],
         description="served model -> weight: rewards are the weighted sum of these models' rewards "
         "(each normalised first with normalize: true); instead of `model`",
@@ -145,7 +149,7 @@ class CompareResponse(BaseModel):
 
 class RankRequest(_AfterContext):
     responses: list[str] = Field(min_length=1, fail_fast=True, description="candidate responses to rank")
-    top_k: int | None = Field(None, ge=1, description="return only the best k indices")
+    top_k: int | None = Field(None, strict=True, ge=1, description="return only the best k indices")
 
 
 class RankResponse(BaseModel):
