@@ -143,6 +143,8 @@ class GrpcTransport:
         if "text" in item:
             return pb.Item(text=item["text"])
         if "messages" in item:
+            if item.get("chat_template_kwargs"):  # not silently dropped: the reward would differ
+                raise ValueError("chat_template_kwargs are sent over HTTP only: use an http:// URL")
             return pb.Item(conversation=pb.Conversation(messages=[pb.Message(**m) for m in item["messages"]]))
         return pb.Item(pair=pb.PromptResponse(prompt=item["prompt"], response=item["response"]))
 

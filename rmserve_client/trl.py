@@ -24,17 +24,25 @@ from rmserve_client.client import AsyncRewardClient, RewardClient
 from rmserve_client.transports import Item
 
 
-def trl_items(prompts: Sequence[Any], completions: Sequence[Any]) -> list[Item]:
+def trl_items(
+    prompts: Sequence[Any], completions: Sequence[Any], chat_template_kwargs: Sequence[Any] | None = None
+) -> list[Item]:
+    """Items for the server; `chat_template_kwargs` is the dataset column of that name (one dict
+    or None per row), passed to the reward model's chat template with conversational rows."""
     if len(prompts) != len(completions):
         raise ValueError(f"{len(prompts)} prompts but {len(completions)} completions")
+    per_row = list(chat_template_kwargs) if chat_template_kwargs is not None else [None] * len(prompts)
     items: list[Item] = []
-    for prompt, completion in zip(prompts, completions, strict=True):
+    for prompt, completion, kwargs in zip(prompts, completions, per_row, strict=True):
         if isinstance(prompt, str) and isinstance(completion, str):
             items.append({"prompt": prompt, "response": completion})
         else:  # conversational: a list of messages and the completion's message(s)
             completion_messages = [{"role": "assistant", "content": completion}] if isinstance(
                 completion, str) else list(completion)
-            items.append({"messages": [wire_message(m) for m in [*prompt, *completion_messages]]})
+            item: Item = {"messages": [wire_message(m) for m in [*prompt, *completion_messages]]}
+            if kwargs:
+                item["chat_template_kwargs"] = dict(kwargs)
+            items.append(item)
     return items
 
 
@@ -86,8 +94,9 @@ class RmserveReward:
         self._pid = 0  # the process the client was made in: a forked child must make its own
         self._lock = threading.Lock()
 
-    def __call__(self, prompts: Sequence[Any], completions: Sequence[Any], **_: Any) -> list[float]:
-        return self._connected().score(trl_items(prompts, completions))
+    def __call__(self, prompts: Sequence[Any], completions: Sequence[Any], **columns: Any) -> list[float]:
+        items = trl_items(prompts, completions, columns.get("chat_template_kwargs"))
+        return self._connected().score(items)
 
     def close(self) -> None:
         with self._lock:
@@ -134,8 +143,11 @@ class AsyncRmserveReward:
         self._client: AsyncRewardClient | None = None
         self._bound: tuple[int, asyncio.AbstractEventLoop] | None = None  # (pid, loop) of the client
 
-    async def __call__(self, prompts: Sequence[Any], completions: Sequence[Any], **_: Any) -> list[float]:
-        return await self._connected().score(trl_items(prompts, completions))
+    async def __call__(
+        self, prompts: Sequence[Any], completions: Sequence[Any], **columns: Any
+    ) -> list[float]:
+        items = trl_items(prompts, completions, columns.get("chat_template_kwargs"))
+        return await self._connected().score(items)
 
     async def aclose(self) -> None:
         if self._client is not None and self._bound == (os.getpid(), asyncio.get_running_loop()):

@@ -8,6 +8,7 @@ except in a raw `text` item, which is the model's input as is.
 
 from __future__ import annotations
 
+import inspect
 import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -60,6 +61,7 @@ class InputFormatter:
         self.has_chat_template = bool(getattr(tokenizer, "chat_template", None))
         self._with_token_types = "token_type_ids" in tokenizer.model_input_names
         self._control = ControlTokens(tokenizer)
+        self._render_arguments = frozenset(inspect.signature(tokenizer.apply_chat_template).parameters)
         # Never cut, as scaffolding; but an unknown token is what unknown text becomes: cut it.
         self._keep_ids = self._control.ids - {tokenizer.unk_token_id}
 
@@ -73,7 +75,8 @@ class InputFormatter:
             if isinstance(item, RawText):
                 texts.append((index, item.text, [], None, self._adds_bos(item.text)))
             elif self.has_chat_template:
-                rendered = self._render_chat(index, _as_messages(item))
+                kwargs = self._template_kwargs(index, item)
+                rendered = self._render_chat(index, _as_messages(item), kwargs)
                 if rendered.marks:
                     defused.append((index, rendered))
                 else:
@@ -130,7 +133,19 @@ class InputFormatter:
             self._refuse_normalized_control(index, name, text)
         return prompt, response
 
-    def _render_chat(self, index: int, messages: list[Message]) -> _Rendered:
+    def _template_kwargs(self, index: int, item: PromptResponse | Conversation) -> dict[str, Any]:
+        """A conversation's chat-template variables; never one of apply_chat_template's own
+        arguments (a client must not pass its own template, or tokenize)."""
+        kwargs = dict(item.template_kwargs) if isinstance(item, Conversation) else {}
+        if reserved := sorted(kwargs.keys() & self._render_arguments):
+            raise InvalidInputError(
+                f"inputs[{index}].chat_template_kwargs: {', '.join(reserved)} cannot be set by a request"
+            )
+        return kwargs
+
+    def _render_chat(
+        self, index: int, messages: list[Message], template_kwargs: dict[str, Any] | None = None
+    ) -> _Rendered:
         """Render with the model's template (control-token strings of the client's strings as
         placeholders); find each message's content in the text."""
         strings = [s for m in messages for s in (m.role, m.content)]
@@ -142,7 +157,8 @@ class InputFormatter:
         messages = [Message(substitute(m.role, marks), substitute(m.content, marks)) for m in messages]
         try:
             text = self._tokenizer.apply_chat_template(
-                [{"role": m.role, "content": m.content} for m in messages], tokenize=False
+                [{"role": m.role, "content": m.content} for m in messages], tokenize=False,
+                **(template_kwargs or {}),
             )
         except _TEMPLATE_ERRORS as exc:
             raise InvalidInputError(

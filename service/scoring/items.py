@@ -21,9 +21,11 @@ class PromptResponse:
 
 @dataclass(frozen=True, slots=True)
 class Conversation:
-    """A chat; the last message is the one being judged."""
+    """A chat; the last message is the one being judged. `template_kwargs` are extra variables of
+    the model's chat template (e.g. enable_thinking), as (name, value) pairs."""
 
     messages: tuple[Message, ...]
+    template_kwargs: tuple[tuple[str, bool | int | float | str], ...] = ()
 
 
 @dataclass(frozen=True, slots=True)

@@ -44,7 +44,7 @@ def _prompt_key(item: ScoreInput, pair: EncodedPair, min_tokens: int) -> Hashabl
     if isinstance(item, PromptResponse):
         return ("prompt", item.prompt)
     if isinstance(item, Conversation):
-        return ("conversation", item.messages[:-1])
+        return ("conversation", item.messages[:-1], item.template_kwargs)
     assert isinstance(item, RawText)
     return ("text", pair.input_ids[:min_tokens])
 

@@ -53,7 +53,8 @@ def reference_reward(model: Any, tokenizer: Any, item: dict[str, Any]) -> float:
             {"role": "assistant", "content": item["response"]},
         ]
         if tokenizer.chat_template:
-            text = tokenizer.apply_chat_template(messages, tokenize=False)
+            kwargs = item.get("chat_template_kwargs", {})
+            text = tokenizer.apply_chat_template(messages, tokenize=False, **kwargs)
             inputs = tokenizer(text, add_special_tokens=False, return_tensors="pt")
         else:
             prompt = "\n".join(m["content"] for m in messages[:-1])

@@ -45,6 +45,8 @@ def check_body(body: Any, path: str, max_items: int) -> None:
             if isinstance(item, dict):
                 _check_keys(item, f"{field}[{index}]")
                 _check_messages(item.get("messages"), f"{field}[{index}]")
+                if isinstance(kwargs := item.get("chat_template_kwargs"), dict):
+                    _check_keys(kwargs, f"{field}[{index}].chat_template_kwargs")
     _check_messages(body.get("messages"), "messages")
 
 

@@ -6,7 +6,17 @@ import math
 from collections.abc import Callable
 from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Discriminator, Field, StrictFloat, Tag, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Discriminator,
+    Field,
+    StrictBool,
+    StrictFloat,
+    StrictInt,
+    Tag,
+    model_validator,
+)
 
 from service.scoring.items import Conversation, Message, PromptResponse, RawText, ScoreInput
 from service.scoring.options import MAX_PRIORITY, ScoreOptions
@@ -31,8 +41,16 @@ class PromptResponseIn(_Strict):
     response: str
 
 
+TemplateName = Annotated[str, Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]{0,63}$")]
+TemplateValue = StrictBool | StrictInt | StrictFloat | Annotated[str, Field(max_length=256)]
+
+
 class MessagesIn(_Strict):
     messages: list[MessageIn] = Field(min_length=1, max_length=MAX_MESSAGES, fail_fast=True)
+    chat_template_kwargs: dict[TemplateName, TemplateValue] | None = Field(
+        None, max_length=16, examples=[{"enable_thinking": False}],
+        description="extra variables of the model's chat template, as TRL and vLLM pass them",
+    )
 
 
 class TextIn(_Strict):
@@ -217,5 +235,6 @@ def _to_item(item: ItemIn) -> ScoreInput:
     if isinstance(item, PromptResponseIn):
         return PromptResponse(item.prompt, item.response)
     if isinstance(item, MessagesIn):
-        return Conversation(tuple(Message(m.role, m.content) for m in item.messages))
+        kwargs = tuple(sorted((item.chat_template_kwargs or {}).items()))
+        return Conversation(tuple(Message(m.role, m.content) for m in item.messages), kwargs)
     return RawText(item.text)
