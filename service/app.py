@@ -53,7 +53,9 @@ def create_app(settings: Settings, sources: list[ModelSource] | None = None) -> 
     app.include_router(vllm.router)  # first: its /v1/score hands rmserve's own bodies on
     app.include_router(tei.router)  # before rmserve's: its /rerank is vLLM's or TEI's by the body
     app.include_router(router)
-    endpoints = {route.path for route in router.routes}  # type: ignore[attr-defined]
+    # Every route's path (not the client's), so the metrics' endpoint labels stay bounded.
+    endpoints = {route.path for r in (vllm.router, tei.router, router)
+                 for route in r.routes}  # type: ignore[attr-defined]
     app.add_middleware(BodyLimitMiddleware, max_body_bytes=settings.max_body_bytes,
                        body_timeout_s=settings.body_timeout_s)
     app.add_middleware(ApiKeyMiddleware, keys=keys, open_paths=open_paths(settings))

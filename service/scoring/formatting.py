@@ -25,8 +25,7 @@ from service.scoring.items import Conversation, Message, PromptResponse, RawText
 _KEEP, _PROMPT, _RESPONSE = 0, 1, 2
 # Python strings may hold lone surrogates (JSON's "\ud800"); the tokenizer's Rust strings cannot.
 _SURROGATE = re.compile("[\ud800-\udfff]")
-# What a chat template raises for messages it refuses (raise_exception is a TemplateError) or
-# cannot render (a role or field it does not expect).
+# What chat templates raise for messages they refuse (raise_exception) or cannot render.
 _TEMPLATE_ERRORS = (TemplateError, ValueError, TypeError, KeyError, IndexError, AttributeError)
 _T = TypeVar("_T")
 
@@ -64,6 +63,10 @@ class InputFormatter:
         self._render_arguments = frozenset(inspect.signature(tokenizer.apply_chat_template).parameters)
         # Never cut, as scaffolding; but an unknown token is what unknown text becomes: cut it.
         self._keep_ids = self._control.ids - {tokenizer.unk_token_id}
+
+    @property
+    def tokenizer(self) -> Any:  # for what else needs its vocabulary (OpenRLHF's padding)
+        return self._tokenizer
 
     def format(self, items: Sequence[ScoreInput]) -> list[FormattedItem]:
         """Format a request's items, in order (one tokenizer call per kind of encoding)."""

@@ -13,8 +13,6 @@ from service.api.http.errors import send_error
 from service.api.observe import RequestObservation, request_id_from
 from service.metrics import Metrics
 
-# Logged at info; everything else (probes and scrapes every few seconds, docs) at debug.
-_SCORING_ENDPOINTS = {"/v1/score", "/v1/rank", "/v1/compare", "/get_reward"}
 # Their 503s while starting or draining are answers, not errors.
 _PROBES = {"/healthz", "/readyz"}
 
@@ -126,7 +124,7 @@ class RequestObserverMiddleware:
         endpoint = scope["path"] if scope["path"] in self.endpoints else "other"
         observation = RequestObservation(
             self.metrics, endpoint, request_id_from(Headers(scope=scope).get("x-request-id")),
-            log_level=logging.INFO if endpoint in _SCORING_ENDPOINTS else logging.DEBUG,
+            log_level=logging.INFO if _scoring(scope["method"], endpoint) else logging.DEBUG,
         )
         scope.setdefault("state", {})["observation"] = observation
         status: int | None = None
@@ -180,3 +178,9 @@ def _unanswered(observation: RequestObservation, client_gone: bool, scope: Scope
 async def _overloaded(scope: Scope, send: Send) -> None:
     message = "the server is at its connection limit with every connection busy; retry"
     await send_error(scope, send, 503, "too_many_connections", message, {"Connection": "close"})
+
+
+def _scoring(method: str, endpoint: str) -> bool:
+    """Scoring requests (every known POST route, rmserve's and the compatible APIs') are logged at
+    info; everything else (probes and scrapes every few seconds, docs) at debug."""
+    return method == "POST" and endpoint != "other"

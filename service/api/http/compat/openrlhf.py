@@ -43,5 +43,5 @@ def padding_tokens(served: ServedModel) -> PaddingTokens:
     """The served model's pad and EOS strings, from its tokenizer."""
     # InputFormatter keeps its tokenizer private; only this route needs the tokenizer's special
     # strings, so they are read here rather than added to the scoring core's interface.
-    tokenizer = served.formatter._tokenizer
+    tokenizer = served.formatter.tokenizer
     return PaddingTokens(pad=getattr(tokenizer, "pad_token", None), eos=getattr(tokenizer, "eos_token", None))
