@@ -80,7 +80,9 @@ def test_every_invalid_request_gets_a_4xx_with_the_error_body(api_url: str) -> N
             response = case.call(timeout=CALL_TIMEOUT_S)
             if is_documented_deadline(case, response):
                 return
-            where = f"{case.method} {case.path} {case.body!r}"
+            if response.status_code == 200 and any(v is None or v == [] for v in (case.query or {}).values()):
+                return  # a query parameter with no value is not sent: the server saw a valid request
+            where = f"{case.method} {case.path} query={case.query!r} {case.body!r}"
             assert 400 <= response.status_code < 500, f"{where}: {response.status_code} {response.text}"
             error = response.json()["error"]
             assert error["type"] and error["message"], f"{where}: {response.text}"

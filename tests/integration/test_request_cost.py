@@ -115,6 +115,18 @@ def test_grpc_counts_before_converting_and_refuses_malformed_messages(server) ->
         assert len(fine.rewards) == 1
 
 
+@pytest.mark.parametrize(("path", "message"), [
+    ("/v1/score?normalise=true", "unknown query parameter 'normalise'"),
+    ("/get_reward?normalize=1", "normalize"),  # true or false, as the schema says: not 1, yes or on
+    ("/get_reward?clip=inf", "clip must be a positive, finite number"),
+])
+def test_query_parameters_are_checked_like_body_fields(server, path: str, message: str) -> None:
+    body = json.dumps({"query": []} if path.startswith("/get_reward") else {"inputs": [{"text": "x"}]})
+    response, _, _ = _post(server, path, body.encode())
+    assert response.status_code == 422, response.text
+    assert message in response.json()["error"]["message"]
+
+
 def test_health_was_answered_throughout(server) -> None:
     """Runs last in this module: every probe while the requests above were refused answered 200
     within a Kubernetes probe's timeout."""

@@ -73,7 +73,15 @@ class CheckedBodyRoute(APIRoute):
     def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
         handler = super().get_route_handler()
 
+        known = {param.alias for dependant in (self.dependant, *self.dependant.dependencies)
+                 for param in dependant.query_params}
+
         async def checked(request: Request) -> Response:
+            if request.method == "POST" and (unknown := [k for k in request.query_params if k not in known]):
+                # As with a body's fields: a misspelt option is reported, not silently ignored.
+                shown = ", ".join(repr(name[:32]) for name in unknown[:3])
+                raise InvalidInputError(f"unknown query parameter {shown}; this route takes: "
+                                        f"{', '.join(sorted(known)) or 'none'}")
             if await request.body():
                 try:
                     body = await request.json()

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable
-from typing import Annotated, TypeVar
+from typing import Annotated, Literal, TypeVar
 
 from fastapi import APIRouter, Depends, Query, Request, Response
 from fastapi.responses import JSONResponse
@@ -171,23 +171,26 @@ async def get_reward(
     readiness: Annotated[Readiness, Depends(get_readiness)],
     observation: Annotated[RequestObservation, Depends(get_observation)],
     model: Annotated[str | None, Query(description="served model (a body's `model` wins)")] = None,
-    normalize: Annotated[bool, Query(description="normalise with the model's statistics")] = False,
+    # Booleans spelled true or false only, as the schema says: not FastAPI's lax 1, yes or on.
+    normalize: Annotated[Literal["true", "false"], Query(
+        description="normalise with the model's statistics"
+    )] = "false",
     clip: Annotated[float | None, Query(gt=0, description="clip rewards to [-clip, clip]")] = None,
-    strip_padding: Annotated[bool, Query(
+    strip_padding: Annotated[Literal["true", "false"], Query(
         description="strip leading/trailing pad and EOS strings (the model's tokenizer's) from each "
         "query, one EOS put back where the query ended with one: padded and clean queries score the same"
-    )] = True,
+    )] = "true",
 ) -> OpenRLHFRewardResponse:
     """OpenRLHF's remote reward model: each `query` (the full formatted text) scored, cleaned of
     padding first (`?strip_padding=false`: as is). Model, normalisation and clip can be chosen in
     the URL, as OpenRLHF sends a body of its own: `/get_reward?model=NAME&normalize=true&clip=5`."""
+    options = ScoreOptions(normalize=normalize == "true", clip=clip)  # checked even for no query
     if not body.query:  # OpenRLHF's later reward servers when it has fewer samples than servers
         return OpenRLHFRewardResponse(rewards=[], scores=[], extra_logs={"truncated": []})
     name = body.model or model
     clean = None
-    if strip_padding and readiness.not_ready_reason is None:  # else the scorer says why not
+    if strip_padding == "true" and readiness.not_ready_reason is None:  # else the scorer says why not
         clean = padding_tokens(registry.get(name)).strip
-    options = ScoreOptions(normalize=normalize, clip=clip)
     result = await unless_client_leaves(request, scorer.score(body.items(clean), name, options))
     observation.served(result.usage)
     truncated = [float(cut) for cut in result.truncated]
