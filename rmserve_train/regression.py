@@ -33,6 +33,7 @@ from rmserve_train.train import (
     max_length_for,
     quiet_transformers,
     resolve_base,
+    trainer_arguments,
 )
 from service.loading import load_tokenizer, locate_model
 from service.scoring.formatting import InputFormatter
@@ -122,21 +123,4 @@ def fit_regression(
 
 
 def _arguments(options: TrainOptions, work_dir: Path, items: int, *, on_gpu: bool) -> TrainingArguments:
-    return TrainingArguments(
-        output_dir=str(work_dir),
-        num_train_epochs=options.epochs,
-        per_device_train_batch_size=options.batch_pairs,
-        learning_rate=options.learning_rate,
-        warmup_steps=options.warmup_ratio,  # a float below 1 is a fraction of all steps
-        weight_decay=options.weight_decay,
-        lr_scheduler_type="linear",
-        remove_unused_columns=False,  # keep the token-type and length columns for the collator
-        train_sampling_strategy="group_by_length",
-        bf16=on_gpu and torch.cuda.is_bf16_supported(),
-        use_cpu=not on_gpu,
-        logging_steps=max(1, min(10, items // options.batch_pairs // 10)),
-        save_strategy="no",
-        report_to="none",
-        seed=options.seed,
-        disable_tqdm=not options.progress,
-    )
+    return TrainingArguments(**trainer_arguments(options, work_dir, items, on_gpu=on_gpu))

@@ -157,26 +157,33 @@ def fit(
     }
 
 
+def trainer_arguments(options: TrainOptions, work_dir: Path, rows: int, *, on_gpu: bool) -> dict[str, Any]:
+    """What every rmserve training run asks of transformers' Trainer (TRL's RewardConfig too)."""
+    return {
+        "output_dir": str(work_dir),
+        "num_train_epochs": options.epochs,
+        "per_device_train_batch_size": options.batch_pairs,
+        "learning_rate": options.learning_rate,
+        "warmup_steps": options.warmup_ratio,  # a float below 1 is a fraction of all steps
+        "weight_decay": options.weight_decay,
+        "lr_scheduler_type": "linear",
+        "remove_unused_columns": False,  # keep the token-type (and length) columns for the collator
+        "train_sampling_strategy": "group_by_length",
+        "bf16": on_gpu and torch.cuda.is_bf16_supported(),  # mixed precision; weights stay float32
+        "use_cpu": not on_gpu,
+        "logging_steps": max(1, min(10, rows // options.batch_pairs // 10)),
+        "save_strategy": "no",
+        "report_to": "none",
+        "seed": options.seed,
+        "disable_tqdm": not options.progress,
+    }
+
+
 def _reward_config(options: TrainOptions, work_dir: Path, pairs: int, *, on_gpu: bool) -> RewardConfig:
     return RewardConfig(
-        output_dir=str(work_dir),
-        num_train_epochs=options.epochs,
-        per_device_train_batch_size=options.batch_pairs,
-        learning_rate=options.learning_rate,
-        warmup_steps=options.warmup_ratio,  # a float below 1 is a fraction of all steps
-        weight_decay=options.weight_decay,
-        lr_scheduler_type="linear",
+        **trainer_arguments(options, work_dir, pairs, on_gpu=on_gpu),
         max_length=None,  # inputs are already shortened as the server shortens them
-        remove_unused_columns=False,  # keep the token-type columns for the collator
-        train_sampling_strategy="group_by_length",
         activation_checkpointing=False,  # small models: memory is not the limit, time is
-        bf16=on_gpu and torch.cuda.is_bf16_supported(),  # mixed precision; weights stay float32
-        use_cpu=not on_gpu,
-        logging_steps=max(1, min(10, pairs // options.batch_pairs // 10)),
-        save_strategy="no",
-        report_to="none",
-        seed=options.seed,
-        disable_tqdm=not options.progress,
     )
 
 
