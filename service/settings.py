@@ -70,9 +70,12 @@ class Settings(StoreSettings):
         description="how long the oldest queued item may wait for others to join its batch; batches "
         "already fill while the model is busy, so waiting only pays off for sparse, bursty traffic",
     )
-    max_queue_items: int = Field(4096, ge=1, description="queued items per model beyond this: 429")
+    max_queue_items: int = Field(
+        4096, ge=1, description="items waiting in a model's queue; a request arriving at a full queue "
+        "gets 429. A bigger request is admitted in parts: the rest of its items enter as the queue frees"
+    )
     max_queue_tokens: int = Field(
-        262144, ge=1, description="queued tokens per model beyond this: 429 (bounds the wait too)"
+        262144, ge=1, description="tokens waiting in a model's queue (bounds the wait too); full: 429"
     )
     priority_aging_ms: float = Field(
         1000.0, gt=0, description="a queued item gains one priority level per this much waiting, so "
@@ -88,8 +91,13 @@ class Settings(StoreSettings):
     result_cache_mb: float = Field(
         0.0, ge=0, description="LRU cache of rewards by exact token ids, in MiB; 0 = off"
     )
-    max_inputs_per_request: int = Field(1024, ge=1, description="inputs per request beyond this: 413")
-    max_body_bytes: int = Field(8 * 1024 * 1024, ge=1024, description="request body limit: 413")
+    max_inputs_per_request: int = Field(
+        65536, ge=1, description="inputs per request beyond this: 413 (a trainer's whole rollout batch fits)"
+    )
+    max_body_bytes: int = Field(
+        256 * 1024 * 1024, ge=1024,
+        description="request body limit (HTTP: 413), and the largest gRPC message either way",
+    )
     max_chars_per_field: int = Field(
         100_000, ge=1, description="characters in one prompt, response, message or text beyond this: 413"
     )

@@ -10,7 +10,7 @@ import uuid
 from dataclasses import dataclass
 from typing import Any
 
-from service.batching.batcher import Timing
+from service.batching.submission import Timing
 from service.metrics import Metrics
 from service.scoring.errors import (
     ClientGoneError,

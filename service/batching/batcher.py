@@ -1,6 +1,7 @@
-"""The batching loop: owns the pending queue, timing, futures and the worker threads. What goes
-into each batch is decided by the pure policy (service.batching.policy); results and timings
-come back as values."""
+"""The batching loop: admits requests' items into the queue, forms a batch whenever a worker is
+free and computes it on the device's thread. What goes into each batch is decided by the queue
+(service.batching.queue) and the pure policy (service.batching.policy); results and timings come
+back as values, through each request's Submission."""
 
 from __future__ import annotations
 
@@ -8,22 +9,21 @@ import asyncio
 import itertools
 import math
 import time
+from collections import deque
 from collections.abc import Callable, Sequence
 from concurrent.futures import Executor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Protocol
 
 from service.backends.base import EncodedPair
-from service.batching.isolation import Outcome, RowKey, score_apart, unique_rows
-from service.batching.policy import BatchLimits, anchor_index, batch_is_full, select_batch
+from service.batching.isolation import Outcome, score_apart, unique_rows
+from service.batching.policy import BatchLimits, batch_is_full
+from service.batching.queue import Item, PendingQueue, State
+from service.batching.submission import Computed, Submission
 
 
 class QueueFullError(Exception):
     """The queue cannot take a request's items now; the caller should retry later."""
-
-
-class TooBigForQueueError(Exception):
-    """One request holds more than the whole queue may: it can never be admitted, so retrying is futile."""
 
 
 class BatcherClosedError(Exception):
@@ -42,71 +42,10 @@ class BatchReport:
     queue_depth: int
 
 
-@dataclass(frozen=True)
-class Timing:
-    """Where one request's time went: the longest wait of its items, and the forward passes
-    that carried them (summed: a request split over batches waits for all of them)."""
-
-    queue_s: float = 0.0
-    compute_s: float = 0.0
-
-    def __add__(self, other: Timing) -> Timing:
-        """Work done for one request in two places (e.g. two models of a combination)."""
-        return Timing(max(self.queue_s, other.queue_s), self.compute_s + other.compute_s)
-
-
-@dataclass(frozen=True)
-class BatchedRewards:
-    """A request's rewards, in the order its items were submitted, and its timing."""
-
-    rewards: list[float]
-    timing: Timing
-
-
-@dataclass(frozen=True, slots=True)
-class _Computed:
-    reward: float
-    queue_s: float
-    batch: int  # which forward pass computed it
-    compute_s: float  # how long that pass took
-
-
 class BatchObserver(Protocol):
     def on_batch(self, report: BatchReport) -> None: ...
 
     def on_queue_depth(self, depth: int) -> None: ...
-
-
-@dataclass(eq=False)
-class _Pending:
-    pair: EncodedPair
-    future: asyncio.Future[_Computed]
-    priority: int = 0
-    enqueued_s: float = field(default_factory=time.monotonic)
-    key: RowKey = field(init=False)
-
-    def __post_init__(self) -> None:
-        self.key = RowKey(self.pair)
-
-
-class Submission:
-    """One request's items in the queue."""
-
-    def __init__(self, futures: list[asyncio.Future[_Computed]]) -> None:
-        self._futures = futures
-
-    async def outcome(self) -> BatchedRewards:
-        """Every item's reward, once all are computed (a failed forward pass raises here)."""
-        computed = await asyncio.gather(*self._futures)
-        passes = {item.batch: item.compute_s for item in computed}
-        timing = Timing(max(item.queue_s for item in computed), sum(passes.values()))
-        return BatchedRewards([item.reward for item in computed], timing)
-
-    def cancel(self) -> int:
-        """Drop the items not yet computed (they never reach a forward pass); how many were."""
-        for future in self._futures:
-            future.cancel()
-        return sum(future.cancelled() for future in self._futures)
 
 
 class Batcher:
@@ -115,6 +54,12 @@ class Batcher:
     The forward pass runs on worker threads, so the event loop keeps accepting requests
     while the model computes; a batch is formed only when a worker is free, which lets the
     queue grow and batches fill under load. `workers` batches may be in flight at once.
+
+    The queue bounds (items, tokens) bound what waits in the queue. A request is refused
+    (QueueFullError) only when the queue is full; otherwise its items enter as there is room.
+    A request's first items may fill the queue; what a request holds back enters only while the
+    queue is less than half full, in turns of a batch per request, so big requests share the
+    device fairly and new requests always find room.
     """
 
     def __init__(
@@ -134,12 +79,13 @@ class Batcher:
         self._executor = executor
         self.limits = limits
         self._max_wait_s = max_wait_s
-        self._max_queue_items = max_queue_items
-        self._max_queue_tokens = max_queue_tokens
+        self._max_items = max_queue_items
+        self._max_tokens = max_queue_tokens or math.inf
         self._priority_aging_s = priority_aging_s
-        self._queued_tokens = 0
         self._observer = observer
-        self._pending: list[_Pending] = []
+        self._queue = PendingQueue()
+        self._backlogged: deque[Submission] = deque()  # requests holding items back, in turn
+        self._open: set[Submission] = set()  # requests that may still add items
         self._wakeup = asyncio.Event()
         self._free_workers = asyncio.Semaphore(workers)
         self._in_flight: set[asyncio.Task[None]] = set()
@@ -149,66 +95,102 @@ class Batcher:
 
     @property
     def queue_depth(self) -> int:
-        return len(self._pending)
+        return self._queue.items
 
     def start(self) -> None:
         self._task = asyncio.get_running_loop().create_task(self._run(), name="batcher")
 
     async def stop(self) -> None:
-        """Refuse new work, finish what is queued, then stop the loop."""
+        """Refuse new requests, finish the admitted ones, then stop the loop."""
         self._closed = True
         self._wakeup.set()
         if self._task is not None:
             await self._task
 
-    @property
-    def max_queue_tokens(self) -> int | None:
-        return self._max_queue_tokens
-
-    def check_room(self, items: int, tokens: int = 0) -> None:
-        """Raise unless `items` items of `tokens` tokens could be queued now. Called with the item
-        count alone before a request is tokenised, so a full queue refuses it before that work."""
+    def open(self, priority: int = 0) -> Submission:
+        """A new request, refused unless the queue has room: called before the request is
+        tokenised, so that a full queue refuses it before that work."""
         if self._closed:
             raise BatcherClosedError("the server is shutting down")
-        token_limit = self._max_queue_tokens or math.inf
-        if items > self._max_queue_items or tokens > token_limit:
-            raise TooBigForQueueError(
-                f"this request holds {items} items and {tokens} tokens; the queue holds at most "
-                f"{self._max_queue_items} items and {self._max_queue_tokens} tokens: split it"
-            )
-        if len(self._pending) + items > self._max_queue_items or self._queued_tokens + tokens > token_limit:
+        if self._queue.items >= self._max_items or self._queue.tokens >= self._max_tokens:
             raise QueueFullError(
-                f"the queue is full ({len(self._pending)} items, {self._queued_tokens} tokens waiting): "
+                f"the queue is full ({self._queue.items} items, {self._queue.tokens} tokens waiting): "
                 "retry shortly"
             )
+        submission = Submission(self, priority)
+        self._open.add(submission)
+        return submission
 
     def submit(self, pairs: Sequence[EncodedPair], priority: int = 0) -> Submission:
-        """Queue all of a request's items or none of them."""
-        tokens = sum(pair.own_length for pair in pairs)
-        self.check_room(len(pairs), tokens)
-        loop = asyncio.get_running_loop()
-        items = [_Pending(pair, loop.create_future(), priority) for pair in pairs]
-        self._pending.extend(items)
-        self._queued_tokens += tokens
-        self._notify_depth()
+        """A request whose items are all known: opened, added and closed."""
+        submission = self.open(priority)
+        submission.add(pairs)
+        submission.close()
+        return submission
+
+    def admit(self, submission: Submission) -> None:
+        if submission.backlog and submission not in self._backlogged:
+            self._backlogged.append(submission)
+        self._feed()
+
+    def closed(self, submission: Submission) -> None:
+        self._open.discard(submission)
         self._wakeup.set()
-        return Submission([item.future for item in items])
+
+    def drop(self, item: Item) -> None:
+        self._queue.drop(item)
+        self._notify_depth()
+
+    def _feed(self) -> None:
+        """Move held-back items into the queue while it has room, a batch per request in turn;
+        stops once every waiting request has had a turn that moved nothing."""
+        moved = stalled = 0
+        while self._backlogged and stalled < len(self._backlogged):
+            submission = self._backlogged.popleft()
+            count = self._enter(submission, self.limits.max_pairs)
+            if submission.backlog:
+                self._backlogged.append(submission)
+            stalled = 0 if count else stalled + 1
+            moved += count
+        if moved:
+            self._notify_depth()
+            self._wakeup.set()
+
+    def _enter(self, submission: Submission, most: int) -> int:
+        """Up to `most` of the request's held-back items into the queue, while they fit: a
+        request's first items up to the queue's bounds, later ones up to half of them. An
+        item longer than that still enters an empty queue, so every item is served."""
+        share = 1.0 if not submission.started else 0.5
+        queue, count, now = self._queue, 0, time.monotonic()
+        while submission.backlog and count < most:
+            item = submission.backlog[0]
+            fits = queue.tokens + item.length <= share * self._max_tokens or queue.tokens == 0
+            if item.state is State.WAITING and not (queue.items < share * self._max_items and fits):
+                break
+            submission.backlog.popleft()
+            if item.state is State.WAITING:
+                queue.push(item, now)
+                count += 1
+        submission.started = submission.started or count > 0
+        return count
 
     async def _run(self) -> None:
         while True:
             await self._wakeup.wait()
             self._wakeup.clear()
-            while self._pending:
+            while self._queue.items:
                 await self._free_workers.acquire()
                 await self._wait_for_company()
-                batch = self._take_batch()
+                batch = self._queue.take_batch(self.limits, time.monotonic(), self._priority_aging_s)
+                self._feed()
+                self._notify_depth()
                 if not batch:
                     self._free_workers.release()
                     continue
                 task = asyncio.create_task(self._compute(batch))
                 self._in_flight.add(task)
                 task.add_done_callback(self._finished)
-            if self._closed:
+            if self._closed and not self._open:
                 await asyncio.gather(*self._in_flight)
                 return
 
@@ -218,8 +200,11 @@ class Batcher:
 
     async def _wait_for_company(self) -> None:
         """Let the oldest item wait up to max_wait for others, unless a batch is already full."""
-        deadline = self._pending[0].enqueued_s + self._max_wait_s
-        while not self._closed and not batch_is_full(self._lengths(self._pending), self.limits):
+        oldest = self._queue.oldest_entered()
+        if oldest is None:
+            return
+        deadline = oldest + self._max_wait_s
+        while not self._closed and not batch_is_full(self._queue.items, self._queue.tokens, self.limits):
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 return
@@ -229,31 +214,7 @@ class Batcher:
             except TimeoutError:
                 return
 
-    def _take_batch(self) -> list[_Pending]:
-        # Items whose caller went away are dropped before they cost a forward pass.
-        self._pending = [p for p in self._pending if not p.future.done()]
-        if not self._pending:
-            self._queued_tokens = 0
-            self._notify_depth()
-            return []
-        pending = self._pending
-        anchor = pending[anchor_index(
-            [p.priority for p in pending], [p.enqueued_s for p in pending], time.monotonic(),
-            self._priority_aging_s,
-        )]
-        peers = [p for p in pending if p.priority == anchor.priority]
-        chosen = [peers[i] for i in select_batch(self._lengths(peers), peers.index(anchor), self.limits)]
-        # Rows identical to one chosen ride along, whatever their priority: they cost no compute
-        # (computed once) and get the very same reward, e.g. both sides of a compare with a == b.
-        keys = {p.key for p in chosen}
-        batch = [p for p in pending if p.key in keys]
-        taken = {id(p) for p in batch}
-        self._pending = [p for p in pending if id(p) not in taken]
-        self._queued_tokens = sum(self._lengths(self._pending))
-        self._notify_depth()
-        return batch
-
-    async def _compute(self, batch: list[_Pending]) -> None:
+    async def _compute(self, batch: list[Item]) -> None:
         started = time.monotonic()
         unique, index_of = unique_rows([p.pair for p in batch])
         try:
@@ -272,28 +233,25 @@ class Batcher:
             if isinstance(result, Exception):  # only the rows that failed alone: nobody hangs
                 item.future.set_exception(result)
             else:
-                item.future.set_result(_Computed(result, started - item.enqueued_s, serial, compute_s))
+                item.future.set_result(Computed(result, started - item.submitted_s, serial, compute_s))
         self._report(batch, index_of, outcome, started)
 
-    def _report(self, batch: list[_Pending], index_of: list[int], outcome: Outcome, started: float) -> None:
+    def _report(self, batch: list[Item], index_of: list[int], outcome: Outcome, started: float) -> None:
         """One report per forward pass that produced rewards, over the items it answered; every
-        item's queue wait is counted once, with the first."""
+        item's wait (from its request's arrival, held back or queued) is counted once, with the
+        first."""
         if self._observer is None:
             return
-        waits = [started - p.enqueued_s for p in batch]
+        waits = [started - p.submitted_s for p in batch]
         for computed in outcome.passes:
             rows = set(computed.rows)
-            lengths = self._lengths([p for p, row in zip(batch, index_of, strict=True) if row in rows])
+            lengths = [p.length for p, row in zip(batch, index_of, strict=True) if row in rows]
             self._observer.on_batch(BatchReport(
                 len(lengths), sum(lengths), len(lengths) * max(lengths), waits, computed.seconds,
-                len(self._pending),
+                self._queue.items,
             ))
             waits = []
 
-    @staticmethod
-    def _lengths(items: Sequence[_Pending]) -> list[int]:
-        return [p.pair.own_length for p in items]
-
     def _notify_depth(self) -> None:
         if self._observer is not None:
-            self._observer.on_queue_depth(len(self._pending))
+            self._observer.on_queue_depth(self._queue.items)

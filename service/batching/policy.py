@@ -1,6 +1,7 @@
-"""Every batching decision, as pure functions of the pending items: which item a batch is built
-around, whether waiting could still fill a batch, which items join it, and how rows of one batch
-are cut into chunks of similar length. The batcher and the backends only carry them out."""
+"""Every batching decision, as pure functions of the pending items: which priority the next batch
+serves, whether waiting could still fill a batch, how many of a length-sorted run join it, and
+how rows known all at once are cut into chunks of similar length. The queue, the batcher and the
+backends only carry them out."""
 
 from __future__ import annotations
 
@@ -36,54 +37,37 @@ def padded_tokens(lengths: Sequence[int]) -> int:
 
 
 def anchor_index(
-    priorities: Sequence[int], enqueued_s: Sequence[float], now_s: float, aging_s: float
+    priorities: Sequence[int], waiting_since_s: Sequence[float], now_s: float, aging_s: float
 ) -> int:
-    """The item the next batch is built around: the highest priority plus one level per `aging_s`
-    waited, so urgent work goes first and nothing starves. Ties go to the earliest queued."""
+    """Which of the waiting groups (one per priority) the next batch serves: the highest priority
+    plus one level per `aging_s` waited, so urgent work goes first and nothing starves. Ties go
+    to the one waiting longest."""
     return max(
         range(len(priorities)),
-        key=lambda i: (priorities[i] + (now_s - enqueued_s[i]) / aging_s, -enqueued_s[i], -i),
+        key=lambda i: (priorities[i] + (now_s - waiting_since_s[i]) / aging_s, -waiting_since_s[i], -i),
     )
 
 
-def batch_is_full(lengths: Sequence[int], limits: BatchLimits) -> bool:
-    """Whether the pending items can already fill a batch, so waiting for more gains nothing.
+def batch_is_full(rows: int, tokens: int, limits: BatchLimits) -> bool:
+    """Whether `rows` pending items of `tokens` tokens in all can already fill a batch, so waiting
+    for more gains nothing.
 
     Enough rows, or enough tokens: a batch pads every row to its longest, so its padded tokens
     are at least the real ones; once the pending real tokens reach the budget, the budget binds.
     """
-    return len(lengths) >= limits.max_pairs or sum(lengths) >= limits.max_tokens
+    return rows >= limits.max_pairs or tokens >= limits.max_tokens
 
 
-def select_batch(lengths: Sequence[int], anchor: int, limits: BatchLimits) -> list[int]:
-    """Indices of the next batch: the anchor plus items of similar length.
-
-    Growing outward from the anchor in length order, each step takes the neighbour that adds
-    the fewest padding tokens, while the batch stays within both limits. The anchor is always
-    taken, even alone over the token budget, so every item is served. Returns indices sorted.
-    """
-    order = sorted(range(len(lengths)), key=lambda i: (lengths[i], i))
-    low = high = order.index(anchor)
-    count, width, real = 1, lengths[anchor], lengths[anchor]
-    while True:
-        # A shorter neighbour is padded up to the current width; a longer one widens every row.
-        options: list[tuple[int, int, int, int]] = []  # (padding added, width, length, step)
-        if low > 0:
-            shorter = lengths[order[low - 1]]
-            options.append((width - shorter, width, shorter, -1))
-        if high + 1 < len(order):
-            longer = lengths[order[high + 1]]
-            options.append((count * (longer - width), longer, longer, +1))
-        fitting = [o for o in sorted(options) if limits.admits(count + 1, o[1], real + o[2])]
-        if not fitting:
-            break
-        _, width, length, step = fitting[0]
-        if step < 0:
-            low -= 1
-        else:
-            high += 1
-        count, real = count + 1, real + length
-    return sorted(order[low : high + 1])
+def longest_first_batch(lengths: Sequence[int], limits: BatchLimits) -> int:
+    """How many of `lengths` (sorted longest first) make the next batch: as many as fit within
+    every limit, padded to the first. The first is always taken, even alone over the token
+    budget, so every item is served."""
+    width, real = lengths[0], 0
+    for count, length in enumerate(lengths):
+        if count and not limits.admits(count + 1, width, real + length):
+            return count
+        real += length
+    return len(lengths)
 
 
 def chunk_by_length(lengths: Sequence[int], limits: BatchLimits) -> list[list[int]]:

@@ -1,9 +1,9 @@
 """From a request's items to what the batcher queues: the cheap checks first (counts, sizes), then
-formatting and tokenising, then the checks on tokens, then prompt grouping."""
+formatting and tokenising (a chunk at a time: see pipeline.py), then the checks on tokens, then
+prompt grouping."""
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -16,29 +16,10 @@ from service.scoring.prefixes import share_prefixes
 
 @dataclass(frozen=True)
 class ScoringLimits:
-    max_inputs_per_request: int = 1024
+    max_inputs_per_request: int = 65536
     max_chars_per_field: int = 100_000
     reject_too_long: bool = False  # else truncate
     min_shared_prefix_tokens: int | None = 32  # None: never share prompts
-
-
-@dataclass(frozen=True)
-class PreparedItems:
-    """A request's items as the model sees them, in order."""
-
-    formatted: list[FormattedItem]
-
-    @property
-    def pairs(self) -> list[EncodedPair]:
-        return [f.pair for f in self.formatted]
-
-    @property
-    def truncated(self) -> list[bool]:
-        return [f.truncated for f in self.formatted]
-
-    @property
-    def tokens(self) -> int:
-        return sum(len(f.pair) for f in self.formatted)
 
 
 def check_request(items: Sequence[ScoreInput], limits: ScoringLimits) -> None:
@@ -53,36 +34,20 @@ def check_request(items: Sequence[ScoreInput], limits: ScoringLimits) -> None:
     _check_field_sizes(items, limits.max_chars_per_field)
 
 
-# Items tokenised at once: enough for the tokenizer's batch encoding to pay off, few enough that
-# a request over the token bound is refused after one chunk of work past it, not all of it.
-_TOKENIZE_CHUNK = 64
-
-
 def tokenize(
-    items: Sequence[ScoreInput], formatter: InputFormatter, limits: ScoringLimits,
-    max_tokens: float = math.inf,
-) -> PreparedItems:
+    items: Sequence[ScoreInput], formatter: InputFormatter, limits: ScoringLimits, offset: int = 0
+) -> list[FormattedItem]:
     """Format and tokenise (slow for long inputs: call it off the event loop), then check tokens.
-    Past `max_tokens` in all (what the queue could ever hold), stop and refuse the request."""
-    formatted: list[FormattedItem] = []
-    tokens = 0
-    for start in range(0, len(items), _TOKENIZE_CHUNK):
-        chunk = formatter.format(items[start : start + _TOKENIZE_CHUNK])
-        formatted += chunk
-        tokens += sum(len(f.pair) for f in chunk)
-        if tokens > max_tokens:
-            raise TooLargeError(
-                f"inputs[:{len(formatted)}] alone hold {tokens} tokens; the queue holds at most "
-                f"{max_tokens:.0f}: split the request"
-            )
+    `items` are a request's from inputs[offset], which errors name."""
+    formatted = formatter.format(items)
     if empty := [i for i, f in enumerate(formatted) if not f.pair.input_ids]:
         # A zero-length row would fail the whole batch it joins, other callers' items included.
         raise InvalidInputError(
-            f"inputs[{empty[0]}] encodes to no tokens for this model: give it some text"
+            f"inputs[{offset + empty[0]}] encodes to no tokens for this model: give it some text"
         )
     if limits.reject_too_long:
-        _check_lengths(formatted, formatter.max_length)
-    return PreparedItems(formatted)
+        _check_lengths(formatted, formatter.max_length, offset)
+    return formatted
 
 
 def group_prompts(
@@ -112,8 +77,8 @@ def _check_field_sizes(items: Sequence[ScoreInput], limit: int) -> None:
                 )
 
 
-def _check_lengths(formatted: Sequence[FormattedItem], max_length: int) -> None:
-    too_long = [i for i, f in enumerate(formatted) if f.truncated]
+def _check_lengths(formatted: Sequence[FormattedItem], max_length: int, offset: int) -> None:
+    too_long = [offset + i for i, f in enumerate(formatted) if f.truncated]
     if too_long:
         shown = ", ".join(f"inputs[{i}]" for i in too_long[:5]) + (" ..." if len(too_long) > 5 else "")
         raise TooLargeError(

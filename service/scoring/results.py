@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from service.batching.batcher import Timing
+from service.batching.submission import Timing
 
 
 @dataclass(frozen=True)

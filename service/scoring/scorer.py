@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import hashlib
 import logging
 import math
 import uuid
@@ -12,14 +11,8 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from typing import Protocol
 
-from service.batching.batcher import (
-    BatchedRewards,
-    BatcherClosedError,
-    QueueFullError,
-    Timing,
-    TooBigForQueueError,
-)
-from service.scoring.cache import RewardCache, cache_key
+from service.batching.batcher import BatcherClosedError, QueueFullError
+from service.scoring.cache import RewardCache
 from service.scoring.errors import (
     DeadlineExceededError,
     InternalScoringError,
@@ -27,12 +20,11 @@ from service.scoring.errors import (
     NotReadyError,
     OverloadedError,
     ScoringError,
-    TooLargeError,
 )
-from service.scoring.formatting import FormattedItem
 from service.scoring.items import Conversation, Message, PromptResponse, ScoreInput
 from service.scoring.options import DEFAULT_OPTIONS, RANK_PRIORITY, SCORE_PRIORITY, ScoreOptions
-from service.scoring.preparation import PreparedItems, ScoringLimits, check_request, group_prompts, tokenize
+from service.scoring.pipeline import RawRewards, raw_rewards
+from service.scoring.preparation import ScoringLimits, check_request
 from service.scoring.registry import ModelRegistry, ServedModel
 from service.scoring.results import CombinedResult, CompareResult, RankResult, ScoreResult
 from service.scoring.rewards import (
@@ -79,80 +71,36 @@ class Scorer:
         check_request(items, self.limits)
         served = self._served(model, options)
         with _attributed_to(served):
-            prepared = await self._tokenize(served, items)
-            rewards, batched = await self._rewards(served, items, prepared, options, deadline)
-            tokens = prepared.tokens
+            raw = await self._raw_rewards(served, items, options, deadline)
             served.metrics.items.inc(len(items))
-            served.metrics.tokens.inc(tokens)
+            served.metrics.tokens.inc(raw.tokens)
         return ScoreResult(
-            model=served.name, version=served.version, rewards=_as_asked(rewards, served, options),
-            truncated=prepared.truncated, tokens=tokens, timing=batched.timing,
+            model=served.name, version=served.version, rewards=_as_asked(raw.rewards, served, options),
+            truncated=raw.truncated, tokens=raw.tokens, timing=raw.timing,
         )
 
-    async def _tokenize(self, served: ServedModel, items: Sequence[ScoreInput]) -> PreparedItems:
-        """Tokenised off the event loop, which keeps answering while long inputs encode, and only
-        if the queue has room for this many items: a full queue refuses before that work."""
-        with _queue_errors():
-            served.batcher.check_room(len(items))
-        # Without prompt sharing every token is queued, so tokenising stops once the queue could
-        # not hold them all; with it, sharing may still bring a long request within the bound.
-        shares = served.backend.shares_prefixes and self.limits.min_shared_prefix_tokens is not None
-        bound = served.batcher.max_queue_tokens or math.inf
-        return await asyncio.to_thread(
-            tokenize, items, served.formatter, self.limits, math.inf if shares else bound
-        )
-
-    async def _rewards(
-        self, served: ServedModel, items: Sequence[ScoreInput], prepared: PreparedItems,
-        options: ScoreOptions, deadline: float | None,
-    ) -> tuple[list[float], BatchedRewards]:
-        """Raw rewards in order: from the cache where it has them, the rest computed."""
-        cache = self._cache
-        keys, cached = [], [None] * len(items)
-        if cache is not None:
-            keys = [cache_key(served.name, served.version, pair) for pair in prepared.pairs]
-            cached = [cache.get(key) for key in keys]
-        todo = [i for i, reward in enumerate(cached) if reward is None]
-        if cache is not None:
-            served.metrics.cache_hits.inc(len(items) - len(todo))
-            served.metrics.cache_misses.inc(len(todo))
-        batched = BatchedRewards([], Timing())  # every reward from the cache
-        if todo:
-            batched = await self._compute(
-                served, [items[i] for i in todo], [prepared.formatted[i] for i in todo], options, deadline
-            )
-        computed = iter(batched.rewards)
-        rewards = [reward if reward is not None else next(computed) for reward in cached]
-        if not all(math.isfinite(r) for r in rewards):
-            raise _non_finite(served.name, prepared.formatted, rewards)
-        if cache is not None:
-            for i in todo:
-                cache.put(keys[i], rewards[i])
-            served.metrics.cache_bytes.set(cache.bytes)
-        return rewards, batched
-
-    async def _compute(
-        self, served: ServedModel, items: Sequence[ScoreInput], formatted: Sequence[FormattedItem],
-        options: ScoreOptions, deadline: float | None,
-    ) -> BatchedRewards:
-        """Queue the items (prompts shared where the backend can) and wait for their rewards."""
-        pairs, shared = group_prompts(
-            items, [f.pair for f in formatted], self.limits, backend_shares=served.backend.shares_prefixes
-        )
-        served.metrics.shared_prefix_tokens.inc(shared)
+    async def _raw_rewards(
+        self, served: ServedModel, items: Sequence[ScoreInput], options: ScoreOptions,
+        deadline: float | None,
+    ) -> RawRewards:
+        """The request opened in the batcher before it is tokenised (a full queue refuses it
+        before that work), then tokenised and computed within its deadline."""
         priority = SCORE_PRIORITY if options.priority is None else options.priority
         with _queue_errors():
-            submission = served.batcher.submit(pairs, priority)
+            submission = served.batcher.open(priority)
         try:
             async with asyncio.timeout_at(deadline):
-                return await submission.outcome()
+                return await raw_rewards(served, items, self.limits, self._cache, submission)
+        except ScoringError:  # the request's own fault, found while tokenising: nothing more to compute
+            submission.cancel()
+            raise
         except BaseException as exc:
             # Out of time, the caller gone, or the batch failed: what is still queued is dropped.
             dropped = submission.cancel()
             if isinstance(exc, TimeoutError):
                 served.metrics.dropped("deadline", dropped)
                 raise DeadlineExceededError(
-                    f"timeout_ms passed before the items were computed ({dropped} of {len(pairs)} "
+                    f"timeout_ms passed before the items were computed ({dropped} of {len(items)} "
                     "dropped): allow more time or retry when the server is less busy"
                 ) from None
             if isinstance(exc, asyncio.CancelledError):
@@ -240,8 +188,6 @@ def _queue_errors() -> Iterator[None]:
         yield
     except QueueFullError as exc:
         raise OverloadedError(str(exc)) from exc
-    except TooBigForQueueError as exc:
-        raise TooLargeError(str(exc)) from exc
     except BatcherClosedError as exc:
         raise NotReadyError(str(exc)) from exc
 
@@ -263,20 +209,6 @@ def _as_asked(rewards: list[float], served: ServedModel, options: ScoreOptions) 
         if not all(math.isfinite(r) for r in rewards):  # a degenerate std in the model's statistics
             raise InternalScoringError(f"normalising {served.name}'s rewards gave a non-finite number")
     return clipped(rewards, options.clip)
-
-
-def _non_finite(
-    model: str, formatted: Sequence[FormattedItem], rewards: Sequence[float]
-) -> InternalScoringError:
-    """Never return NaN or inf: log what produced it (a hash of the inputs, not the text) and fail."""
-    error_id = uuid.uuid4().hex[:12]
-    digest = hashlib.sha256(repr([f.pair.input_ids for f in formatted]).encode()).hexdigest()
-    bad = [i for i, r in enumerate(rewards) if not math.isfinite(r)]
-    logger.error("non-finite rewards", extra={"error_id": error_id, "model": model, "items": bad[:20],
-                                              "inputs_sha256": digest})
-    return InternalScoringError(
-        f"the model returned a non-finite reward (error id {error_id}); see the server log"
-    )
 
 
 def _candidate(conversation: Sequence[Message], response: str) -> ScoreInput:

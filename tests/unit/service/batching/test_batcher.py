@@ -10,7 +10,7 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 
 from service.backends.base import EncodedPair
-from service.batching.batcher import Batcher, QueueFullError, TooBigForQueueError
+from service.batching.batcher import Batcher, QueueFullError
 from service.batching.policy import BatchLimits
 
 
@@ -94,25 +94,58 @@ def test_a_failing_forward_fails_every_waiting_request() -> None:
     asyncio.run(_with_batcher(FakeBackend(fail=True), body))
 
 
-def test_a_full_queue_refuses_the_whole_request() -> None:
+def test_a_full_queue_refuses_a_new_request() -> None:
     async def body(batcher):
-        queued = batcher.submit([pair(1)] * 3)
-        with pytest.raises(QueueFullError, match="3 items, 3 tokens waiting"):
-            batcher.submit([pair(1)] * 2)
-        assert (await queued.outcome()).rewards == [1.0] * 3
+        queued = batcher.submit([pair(1)] * 4)
+        with pytest.raises(QueueFullError, match="4 items, 4 tokens waiting"):
+            batcher.submit([pair(1)])
+        assert (await queued.outcome()).rewards == [1.0] * 4
 
     asyncio.run(_with_batcher(FakeBackend(), body, max_queue_items=4))
 
 
-def test_the_queue_is_bounded_in_tokens_too_and_a_request_too_big_for_it_is_told_to_split() -> None:
+def test_the_queue_is_bounded_in_tokens_too() -> None:
     async def body(batcher):
-        queued = batcher.submit([pair(1, 2, 3)] * 2)  # 6 of 8 tokens
-        with pytest.raises(QueueFullError, match="6 tokens waiting"):
-            batcher.submit([pair(1, 2, 3)])
-        with pytest.raises(TooBigForQueueError, match=r"9 tokens.*at most 100 items and 8 tokens: split"):
-            batcher.submit([pair(1, 2, 3)] * 3)
+        queued = batcher.submit([pair(1, 2, 3, 4)] * 2)  # 8 of 8 tokens
+        with pytest.raises(QueueFullError, match="8 tokens waiting"):
+            batcher.submit([pair(1)])
         await queued.outcome()
         assert await rewards_of(batcher, [pair(1, 2, 3)] * 2) == [6.0, 6.0]  # room again
+
+    asyncio.run(_with_batcher(FakeBackend(), body, max_queue_items=100, max_queue_tokens=8))
+
+
+class DepthRecorder:
+    def __init__(self) -> None:
+        self.depths: list[int] = []
+
+    def on_batch(self, report) -> None:
+        self.depths.append(report.queue_depth)
+
+    def on_queue_depth(self, depth: int) -> None:
+        self.depths.append(depth)
+
+
+def test_a_request_bigger_than_the_whole_queue_is_admitted_in_parts_and_answered_in_order() -> None:
+    observer = DepthRecorder()
+    items = [pair(i, *([7] * (i % 9))) for i in range(300)]  # 300 items, 1 to 9 tokens each
+
+    async def main():
+        with ThreadPoolExecutor(1) as executor:
+            batcher = Batcher(FakeBackend().score, executor, BatchLimits(4, 4096), max_wait_s=0,
+                              max_queue_items=10, max_queue_tokens=40, observer=observer)
+            batcher.start()
+            rewards = await rewards_of(batcher, items)
+            await batcher.stop()
+        return rewards
+
+    assert asyncio.run(main()) == [float(sum(p.input_ids)) for p in items]
+    assert 0 < max(observer.depths) <= 10
+
+
+def test_a_long_item_too_big_for_the_queue_is_still_served() -> None:
+    async def body(batcher):
+        assert await rewards_of(batcher, [pair(*[1] * 20), pair(2)]) == [20.0, 2.0]
 
     asyncio.run(_with_batcher(FakeBackend(), body, max_queue_items=100, max_queue_tokens=8))
 
@@ -195,11 +228,11 @@ class GatedBackend(FakeBackend):
         return super().score(batch)
 
 
-async def _gated(body, *, aging_s: float = 60.0, max_pairs: int = 4):
+async def _gated(body, *, aging_s: float = 60.0, max_pairs: int = 4, max_queue_items: int = 10_000):
     backend = GatedBackend()
     with ThreadPoolExecutor(1) as executor:
         batcher = Batcher(backend.score, executor, BatchLimits(max_pairs, 4096), max_wait_s=0,
-                          max_queue_items=10_000, priority_aging_s=aging_s)
+                          max_queue_items=max_queue_items, priority_aging_s=aging_s)
         batcher.start()
         try:
             return await body(batcher, backend)
@@ -246,3 +279,91 @@ def test_waiting_raises_priority_so_bulk_work_is_not_starved() -> None:
 
     computed = asyncio.run(_gated(body, aging_s=0.1))
     assert computed == [(0,), (1,), (2,)]
+
+
+def test_a_long_item_is_not_overtaken_by_shorter_ones_that_came_after_it() -> None:
+    """What waits when a pass starts is one round, cut longest first: a long item waits at most
+    for its round, never behind batch after batch of later short items."""
+
+    async def body(batcher, backend):
+        blocker = batcher.submit([pair(0)])
+        await asyncio.sleep(0.05)
+        older = [batcher.submit([pair(1, i)]) for i in range(4)]
+        long = batcher.submit([pair(3, *[1] * 30)])
+        newer = [batcher.submit([pair(2, i)]) for i in range(12)]
+        backend.gate.set()
+        await asyncio.gather(*(s.outcome() for s in [blocker, *older, long, *newer]))
+        return backend.computed
+
+    computed = asyncio.run(_gated(body))
+    assert computed[1] == (3, *[1] * 30)  # the first pass after the blocker
+
+
+def test_later_arrivals_wait_for_the_next_round() -> None:
+    async def body(batcher, backend):
+        blocker = batcher.submit([pair(0)])
+        await asyncio.sleep(0.05)
+        first_round = [batcher.submit([pair(1, i)]) for i in range(8)]
+        backend.gate.set()
+        await asyncio.sleep(0)  # the round begins once the blocker's pass is done
+        while len(backend.computed) < 2:
+            await asyncio.sleep(0.001)
+        later = [batcher.submit([pair(2, *[5] * 20)]) for _ in range(2)]  # longer, but later
+        await asyncio.gather(*(s.outcome() for s in [blocker, *first_round, *later]))
+        return backend.computed
+
+    computed = asyncio.run(_gated(body))
+    assert {row[0] for row in computed[1:9]} == {1}, computed
+
+
+def test_held_back_items_leave_room_for_new_requests() -> None:
+    """A request bigger than the queue holds back what does not fit; what it holds back enters
+    only while the queue is under half full, so a new request always finds room."""
+
+    async def body(batcher, backend):
+        blocker = batcher.submit([pair(0)])
+        await asyncio.sleep(0.05)
+        big = batcher.submit([pair(1, i) for i in range(100)])  # fills the queue (20), holds 80
+        backend.gate.set()
+        while len(backend.computed) < 10:
+            await asyncio.sleep(0.001)
+        small = batcher.submit([pair(2)])  # no QueueFullError: the big one refills only to 10
+        await asyncio.gather(blocker.outcome(), big.outcome(), small.outcome())
+        return backend.computed
+
+    computed = asyncio.run(_gated(body, max_queue_items=20))
+    assert len(computed) == 102
+
+
+def test_two_big_requests_share_the_forward_passes() -> None:
+    async def body(batcher, backend):
+        blocker = batcher.submit([pair(0)])
+        await asyncio.sleep(0.05)
+        first = batcher.submit([pair(1, i) for i in range(200)])
+        await asyncio.sleep(0.01)
+        second = batcher.submit([pair(2, i) for i in range(200)])
+        backend.gate.set()
+        await asyncio.gather(blocker.outcome(), first.outcome(), second.outcome())
+        return backend.computed
+
+    computed = asyncio.run(_gated(body, max_queue_items=16))
+    # While both have items left, neither waits for the other to finish.
+    half = [row[0] for row in computed[1:201]]
+    assert 60 <= half.count(2) <= 140, half.count(2)
+
+
+def test_a_high_priority_request_gets_the_next_pass_while_a_big_request_is_computed() -> None:
+    async def body(batcher, backend):
+        big = batcher.submit([pair(1, i) for i in range(400)])
+        backend.gate.set()
+        while len(backend.computed) < 40:
+            await asyncio.sleep(0.001)
+        seen = len(backend.computed)
+        urgent = batcher.submit([pair(2)], priority=10)
+        await urgent.outcome()
+        before_urgent = backend.computed.index((2,))
+        await big.outcome()
+        return seen, before_urgent
+
+    seen, before_urgent = asyncio.run(_gated(body, max_queue_items=64))
+    assert before_urgent <= seen + 2 * 4  # the pass in flight, then the urgent one's

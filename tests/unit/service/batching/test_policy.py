@@ -5,7 +5,13 @@ from __future__ import annotations
 from hypothesis import given
 from hypothesis import strategies as st
 
-from service.batching.policy import BatchLimits, anchor_index, batch_is_full, chunk_by_length, select_batch
+from service.batching.policy import (
+    BatchLimits,
+    anchor_index,
+    batch_is_full,
+    chunk_by_length,
+    longest_first_batch,
+)
 
 limits_strategy = st.builds(
     BatchLimits,
@@ -16,15 +22,17 @@ limits_strategy = st.builds(
 lengths_strategy = st.lists(st.integers(1, 512), min_size=1, max_size=200)
 
 
-@given(lengths_strategy, limits_strategy, st.data())
-def test_batch_holds_the_anchor_and_respects_every_cap(lengths, limits, data) -> None:
-    anchor = data.draw(st.integers(0, len(lengths) - 1))
-    chosen = select_batch(lengths, anchor, limits)
-    assert anchor in chosen
-    assert chosen == sorted(set(chosen))
-    assert all(0 <= i < len(lengths) for i in chosen)
-    if len(chosen) > 1:  # a lone anchor is served even when it alone exceeds the budget
-        _assert_within(limits, [lengths[i] for i in chosen])
+@given(lengths_strategy, limits_strategy)
+def test_a_batch_from_the_longest_end_holds_the_longest_and_respects_every_cap(lengths, limits) -> None:
+    ordered = sorted(lengths, reverse=True)
+    count = longest_first_batch(ordered, limits)
+    assert 1 <= count <= len(ordered)
+    if count > 1:  # the longest alone is served even when it exceeds the budget
+        _assert_within(limits, ordered[:count])
+    if count < len(ordered):  # and it stops only where the next would break a cap
+        rows, padded = count + 1, (count + 1) * ordered[0]
+        assert (rows > limits.max_pairs or padded > limits.max_tokens
+                or padded - sum(ordered[: count + 1]) > limits.max_padding_fraction * padded)
 
 
 def _assert_within(limits: BatchLimits, widths: list[int]) -> None:
@@ -35,28 +43,15 @@ def _assert_within(limits: BatchLimits, widths: list[int]) -> None:
     assert (padded - sum(widths)) / padded <= limits.max_padding_fraction + 1e-12
 
 
-@given(lengths_strategy, limits_strategy)
-def test_repeated_selection_serves_every_item_exactly_once(lengths, limits) -> None:
-    pending = list(range(len(lengths)))
-    served: list[int] = []
-    while pending:
-        chosen = select_batch([lengths[i] for i in pending], 0, limits)
-        batch = [pending[i] for i in chosen]
-        served.extend(batch)
-        pending = [p for p in pending if p not in set(batch)]
-    assert sorted(served) == list(range(len(lengths)))
-
-
-def test_similar_lengths_are_grouped_and_outliers_left_out() -> None:
+def test_rows_join_while_the_padding_stays_within_its_share() -> None:
     limits = BatchLimits(max_pairs=8, max_tokens=4096, max_padding_fraction=0.1)
-    lengths = [100, 10, 98, 400, 12, 97, 101]
-    assert select_batch(lengths, 0, limits) == [0, 2, 5, 6]
-    assert select_batch(lengths, 1, limits) == [1, 4]
+    assert longest_first_batch([101, 100, 98, 97, 12, 10], limits) == 4
+    assert longest_first_batch([400, 101, 100], limits) == 1
 
 
 def test_token_budget_limits_rows() -> None:
     limits = BatchLimits(max_pairs=100, max_tokens=300)
-    assert len(select_batch([100] * 10, 0, limits)) == 3
+    assert longest_first_batch([100] * 10, limits) == 3
 
 
 @given(lengths_strategy, limits_strategy)
@@ -73,8 +68,8 @@ def test_chunks_group_similar_lengths_longest_first() -> None:
     assert chunk_by_length([10, 100, 11, 95, 12, 300], limits) == [[5], [1, 3], [4, 2, 0]]
 
 
-def test_the_anchor_is_the_most_urgent_item_and_waiting_raises_urgency() -> None:
-    # At 10 s, aging one level per 2 s: an item of priority 0 queued at 0 s counts as 5.
+def test_the_most_urgent_priority_is_served_and_waiting_raises_urgency() -> None:
+    # At 10 s, aging one level per 2 s: priority 0 waiting since 0 s counts as 5.
     assert anchor_index([0, 5], [0.0, 9.0], now_s=10.0, aging_s=2.0) == 1  # 5 + 0.5 > 5
     assert anchor_index([0, 2], [0.0, 9.0], now_s=10.0, aging_s=2.0) == 0  # 5 > 2 + 0.5
     assert anchor_index([3, 3], [4.0, 4.0], now_s=5.0, aging_s=1.0) == 0  # a tie: queued first
@@ -82,6 +77,6 @@ def test_the_anchor_is_the_most_urgent_item_and_waiting_raises_urgency() -> None
 
 def test_a_batch_is_full_with_enough_rows_or_enough_tokens() -> None:
     limits = BatchLimits(max_pairs=4, max_tokens=100)
-    assert not batch_is_full([10, 10, 10], limits)
-    assert batch_is_full([1, 1, 1, 1], limits)  # rows
-    assert batch_is_full([60, 40], limits)  # tokens: no batch of these can grow past the budget
+    assert not batch_is_full(3, 30, limits)
+    assert batch_is_full(4, 4, limits)  # rows
+    assert batch_is_full(2, 100, limits)  # tokens: no batch of these can grow past the budget

@@ -10,6 +10,7 @@ from service.scoring.errors import (
     InternalScoringError,
     InvalidInputError,
     NotReadyError,
+    OverloadedError,
     TooLargeError,
     TooManyInputsError,
     UnknownModelError,
@@ -97,8 +98,8 @@ def test_a_combination_that_overflows_is_refused_never_returned(harness: Harness
 def test_a_full_queue_refuses_before_tokenising(harness: Harness) -> None:
     served = harness.registry.get("rm")
     served.formatter = Refusing()  # type: ignore[assignment]
-    served.batcher._max_queue_items = 2  # two items fit in the queue at most
-    with pytest.raises(TooLargeError, match="the queue holds at most 2 items"):
+    served.batcher._max_items = 0  # the queue is full
+    with pytest.raises(OverloadedError, match="the queue is full"):
         harness.run(lambda s: s.score(ITEMS))
 
 
