@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from service.backends.base import EncodedPair
-from service.batching.queue import Item
+from service.batching.queue import Item, State
 
 
 @dataclass(frozen=True)
@@ -92,10 +92,12 @@ class Submission:
         return BatchedRewards([item.reward for item in computed], timing)
 
     def cancel(self) -> int:
-        """Drop the items not yet computed (they never reach a forward pass); how many were."""
+        """Drop the items not yet computed (they never reach a forward pass); how many were.
+        (Their futures may already be cancelled: awaiting outcome() cancels them with it.)"""
         dropped = 0
         for item in self.items:
-            if item.future.cancel():
+            item.future.cancel()
+            if item.state in (State.WAITING, State.QUEUED):
                 self._batcher.drop(item)
                 dropped += 1
         self.backlog.clear()

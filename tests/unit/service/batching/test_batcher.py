@@ -161,6 +161,28 @@ def test_cancelled_items_are_not_computed() -> None:
     assert sum(backend.batches) == 1
 
 
+def test_items_of_a_request_whose_wait_was_cancelled_are_dropped_too() -> None:
+    """Cancelling the wait for the outcome cancels the items' futures with it; cancel() after that
+    still takes them out of the queue, and counts them."""
+    backend = FakeBackend()
+
+    async def main():
+        with ThreadPoolExecutor(1) as executor:
+            batcher = Batcher(backend.score, executor, BatchLimits(64, 4096), max_wait_s=0.5,
+                              max_queue_items=100)
+            batcher.start()
+            submission = batcher.submit([pair(i) for i in range(6)])
+            with pytest.raises(TimeoutError):
+                await asyncio.wait_for(submission.outcome(), 0.05)
+            dropped = submission.cancel()
+            await asyncio.sleep(0.6)
+            await batcher.stop()
+        return dropped
+
+    assert asyncio.run(main()) == 6
+    assert backend.batches == []
+
+
 def test_workers_compute_that_many_batches_at_once_and_no_more() -> None:
     running, peak, lock = 0, 0, threading.Lock()
     release = threading.Event()
