@@ -57,9 +57,9 @@ class Batcher:
 
     The queue bounds (items, tokens) bound what waits in the queue. A request is refused
     (QueueFullError) only when the queue is full; otherwise its items enter as there is room.
-    A request's first items may fill the queue; what a request holds back enters only while the
-    queue is less than half full, in turns of a batch per request, so big requests share the
-    device fairly and new requests always find room.
+    A request's first batch's worth of items (all of a small one's) may fill the queue; the rest
+    enters only while the queue is less than half full, in turns of a batch per request, so big
+    requests share the device fairly and new requests always find room.
     """
 
     def __init__(
@@ -157,21 +157,23 @@ class Batcher:
             self._wakeup.set()
 
     def _enter(self, submission: Submission, most: int) -> int:
-        """Up to `most` of the request's held-back items into the queue, while they fit: a
-        request's first items up to the queue's bounds, later ones up to half of them. An
-        item longer than that still enters an empty queue, so every item is served."""
-        share = 1.0 if not submission.started else 0.5
+        """Up to `most` of the request's held-back items into the queue, while they fit: its first
+        items (a batch's worth at most) up to the queue's bounds, so that a small request is never
+        held back behind big ones; later ones up to half of them. An item longer than that still
+        enters an empty queue, so every item is served."""
         queue, count, now = self._queue, 0, time.monotonic()
         while submission.backlog and count < most:
             item = submission.backlog[0]
-            fits = queue.tokens + item.length <= share * self._max_tokens or queue.tokens == 0
-            if item.state is State.WAITING and not (queue.items < share * self._max_items and fits):
-                break
-            submission.backlog.popleft()
             if item.state is State.WAITING:
+                first = submission.entered < min(submission.first_part, self.limits.max_pairs)
+                share = 1.0 if first else 0.5
+                fits = queue.tokens + item.length <= share * self._max_tokens or queue.tokens == 0
+                if not (queue.items < share * self._max_items and fits):
+                    break
                 queue.push(item, now)
                 count += 1
-        submission.started = submission.started or count > 0
+                submission.entered += 1
+            submission.backlog.popleft()
         return count
 
     async def _run(self) -> None:

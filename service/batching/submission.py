@@ -65,13 +65,16 @@ class Submission:
         self.priority = priority
         self.items: list[Item] = []
         self.backlog: deque[Item] = deque()
-        self.started = False  # whether any of its items entered the queue yet
+        self.first_part = 0  # how many items came with the first add
+        self.entered = 0  # how many items have entered the queue
         self._complete = asyncio.Event()
 
     def add(self, pairs: Sequence[EncodedPair]) -> None:
         """More of the request's items, queued now if there is room, else as soon as there is."""
         loop, now = asyncio.get_running_loop(), time.monotonic()
         items = [Item(pair, loop.create_future(), self.priority, now) for pair in pairs]
+        if not self.items:
+            self.first_part = len(items)
         self.items += items
         self.backlog += items
         self._batcher.admit(self)

@@ -9,6 +9,8 @@ what remains is bounded by the items admitted here.
 
 from __future__ import annotations
 
+import asyncio
+import json
 from collections.abc import Callable, Coroutine
 from typing import Any
 
@@ -63,6 +65,23 @@ def _check_keys(obj: dict[str, Any], where: str) -> None:
         raise InvalidInputError(f"{where} has {len(obj)} fields ({shown}, ...); see /docs for the schema")
 
 
+# Bodies from this size up are parsed off the event loop: a trainer's rollout batch (hundreds of
+# MiB) takes seconds to parse, and probes and small requests must still be answered meanwhile.
+_PARSE_IN_THREAD_BYTES = 1 << 20
+
+
+async def parsed_json(request: Request, raw: bytes) -> Any:
+    """The body's JSON (None if it does not parse), cached where Starlette's Request.json() and
+    so FastAPI look for it."""
+    try:
+        if len(raw) < _PARSE_IN_THREAD_BYTES:
+            return await request.json()
+        request._json = await asyncio.to_thread(json.loads, raw)  # Request.json()'s own cache
+        return request._json
+    except ValueError:
+        return None
+
+
 class CheckedBodyRoute(APIRoute):
     """An APIRoute whose JSON body is counted (check_body) before FastAPI validates it.
 
@@ -82,11 +101,8 @@ class CheckedBodyRoute(APIRoute):
                 shown = ", ".join(repr(name[:32]) for name in unknown[:3])
                 raise InvalidInputError(f"unknown query parameter {shown}; this route takes: "
                                         f"{', '.join(sorted(known)) or 'none'}")
-            if await request.body():
-                try:
-                    body = await request.json()
-                except ValueError:
-                    body = None
+            if raw := await request.body():
+                body = await parsed_json(request, raw)
                 check_body(body, self.path, request.app.state.scorer.max_inputs_per_request)
             return await handler(request)
 

@@ -16,7 +16,7 @@ from starlette.exceptions import HTTPException
 from starlette.routing import Match
 from starlette.types import Message, Receive, Scope, Send
 
-from service.api.http.body_checks import check_body
+from service.api.http.body_checks import check_body, parsed_json
 from service.api.http.errors import RETRY_AFTER_S
 from service.api.observe import error_kind
 from service.scoring.errors import ScoringError, TooManyInputsError
@@ -72,11 +72,8 @@ class CompatRoute(APIRoute):
 
         async def answered_in_shape(request: Request) -> Response:
             try:
-                if await request.body():
-                    try:
-                        body = await request.json()
-                    except ValueError:
-                        body = None  # validation reports it, in the client's shape
+                if raw := await request.body():
+                    body = await parsed_json(request, raw)  # None: validation reports it, in shape
                     count_items(body, request.app.state.scorer.max_inputs_per_request)
                 return await handler(request)
             except ScoringError as exc:
