@@ -21,6 +21,10 @@ from service.batching.policy import BatchLimits, batch_is_full
 from service.batching.queue import Item, PendingQueue, State
 from service.batching.submission import Computed, Submission
 
+# A big request keeps this many batches' worth of items queued: enough to cut well-filled,
+# length-sorted batches from, few enough that whoever arrives after it waits only that long.
+_WINDOW_BATCHES = 4
+
 
 class QueueFullError(Exception):
     """The queue cannot take a request's items now; the caller should retry later."""
@@ -58,8 +62,9 @@ class Batcher:
     The queue bounds (items, tokens) bound what waits in the queue. A request is refused
     (QueueFullError) only when the queue is full; otherwise its items enter as there is room.
     A request's first batch's worth of items (all of a small one's) may fill the queue; the rest
-    enters only while the queue is less than half full, in turns of a batch per request, so big
-    requests share the device fairly and new requests always find room.
+    enters only while the queue is less than half full and the request holds a few batches'
+    worth or less in it, in turns of a batch per request: big requests share the device fairly,
+    new requests always find room and wait only for a few batches of a big request ahead of them.
     """
 
     def __init__(
@@ -84,6 +89,7 @@ class Batcher:
         self._priority_aging_s = priority_aging_s
         self._observer = observer
         self._queue = PendingQueue()
+        self._window = _WINDOW_BATCHES * limits.max_pairs  # what a big request may hold queued
         self._backlogged: deque[Submission] = deque()  # requests holding items back, in turn
         self._open: set[Submission] = set()  # requests that may still add items
         self._wakeup = asyncio.Event()
@@ -157,16 +163,22 @@ class Batcher:
             self._wakeup.set()
 
     def _enter(self, submission: Submission, most: int) -> int:
-        """Up to `most` of the request's held-back items into the queue, while they fit: its first
-        items (a batch's worth at most) up to the queue's bounds, so that a small request is never
-        held back behind big ones; later ones up to half of them. An item longer than that still
+        """Up to `most` of the request's held-back items into the queue, while they fit. Its first
+        items (a batch's worth at most) may fill the queue, so that a small request is never held
+        back behind big ones; the rest enter while the queue is under half full and the request
+        holds fewer than a few batches' worth in it, so that a request arriving behind a big one
+        waits for a few batches, not for half the queue. An item longer than all that still
         enters an empty queue, so every item is served."""
         queue, count, now = self._queue, 0, time.monotonic()
         while submission.backlog and count < most:
             item = submission.backlog[0]
             if item.state is State.WAITING:
-                first = submission.entered < min(submission.first_part, self.limits.max_pairs)
-                share = 1.0 if first else 0.5
+                if submission.entered < min(submission.first_part, self.limits.max_pairs):
+                    share = 1.0
+                elif submission.presence.queued < self._window:
+                    share = 0.5
+                else:
+                    break
                 fits = queue.tokens + item.length <= share * self._max_tokens or queue.tokens == 0
                 if not (queue.items < share * self._max_items and fits):
                     break

@@ -34,6 +34,14 @@ class State(enum.Enum):
     DROPPED = "dropped"  # its caller went away first
 
 
+@dataclass(slots=True)
+class Presence:
+    """How many of one request's items are in the queue now (the batcher caps what a big
+    request holds there)."""
+
+    queued: int = 0
+
+
 @dataclass(eq=False, slots=True)
 class Item:
     """One row of one request, from submission to its forward pass."""
@@ -42,6 +50,7 @@ class Item:
     future: asyncio.Future[Any]
     priority: int
     submitted_s: float
+    presence: Presence = field(default_factory=Presence)  # its request's
     length: int = field(init=False)
     key: RowKey = field(init=False)
     serial: int = field(init=False, default_factory=lambda: next(_serials))
@@ -108,6 +117,7 @@ class PendingQueue:
 
     def push(self, item: Item, now_s: float) -> None:
         item.state, item.entered_s = State.QUEUED, now_s
+        item.presence.queued += 1
         level = self._levels.get(item.priority)
         if level is None:
             level = self._levels[item.priority] = _Level(item.priority)
@@ -157,5 +167,6 @@ class PendingQueue:
         return batch
 
     def _leave(self, item: Item) -> None:
+        item.presence.queued -= 1
         self.items -= 1
         self.tokens -= item.length

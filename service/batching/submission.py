@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from service.backends.base import EncodedPair
-from service.batching.queue import Item, State
+from service.batching.queue import Item, Presence, State
 
 
 @dataclass(frozen=True)
@@ -66,13 +66,14 @@ class Submission:
         self.items: list[Item] = []
         self.backlog: deque[Item] = deque()
         self.first_part = 0  # how many items came with the first add
+        self.presence = Presence()
         self.entered = 0  # how many items have entered the queue
         self._complete = asyncio.Event()
 
     def add(self, pairs: Sequence[EncodedPair]) -> None:
         """More of the request's items, queued now if there is room, else as soon as there is."""
         loop, now = asyncio.get_running_loop(), time.monotonic()
-        items = [Item(pair, loop.create_future(), self.priority, now) for pair in pairs]
+        items = [Item(pair, loop.create_future(), self.priority, now, self.presence) for pair in pairs]
         if not self.items:
             self.first_part = len(items)
         self.items += items

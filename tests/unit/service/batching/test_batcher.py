@@ -389,3 +389,23 @@ def test_a_high_priority_request_gets_the_next_pass_while_a_big_request_is_compu
 
     seen, before_urgent = asyncio.run(_gated(body, max_queue_items=64))
     assert before_urgent <= seen + 2 * 4  # the pass in flight, then the urgent one's
+
+
+def test_a_request_behind_a_big_one_of_its_priority_waits_only_a_few_batches() -> None:
+    """A big request keeps a few batches' worth queued (4 here: 16 items), not half the queue
+    (5,000): whoever comes after it waits for those, never for the rest of it."""
+
+    async def body(batcher, backend):
+        big = batcher.submit([pair(1, i) for i in range(2000)])
+        backend.gate.set()
+        while len(backend.computed) < 40:
+            await asyncio.sleep(0.001)
+        seen = len(backend.computed)
+        later = batcher.submit([pair(2)])
+        await later.outcome()
+        waited = backend.computed.index((2,)) - seen
+        await big.outcome()
+        return waited
+
+    waited = asyncio.run(_gated(body, max_queue_items=10_000))
+    assert waited <= 2 * 16 + 4, waited
