@@ -39,31 +39,31 @@ MAX_RANK_PASSES = 4  # the pass in flight, the rank's own, slack for the two met
 # message passes 8 MiB at fewer tokens (each token costs forward-pass time, each byte costs none).
 LONG_WORDS = tuple("question response function helpful explain because travel reward python prompt "
                    "answer cannot".split())
+SMALL_ITEMS = [{"text": "a small request beside a big one"}, {"text": "hello world"}]
 RANK = {"prompt": "which answer is helpful?", "responses": ["the code is good", "sorry", "cook pasta"]}
 
 
 @pytest.fixture(scope="module")
-def server(
-    tiny_model_dirs: dict[str, Path], tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[tuple[str, str]]:
-    """(HTTP URL, gRPC target) of the default server: a model and ports, no limit flags."""
-    grpc_port = free_port()
+def server(tiny_model_dirs: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """The default server: a model and a port, no other flags."""
     args = ["--model", f"gpt2={tiny_model_dirs['gpt2-left']}"]
-    with running_server(args, store=tmp_path_factory.mktemp("store"), grpc_port=grpc_port) as url:
-        yield url, f"127.0.0.1:{grpc_port}"
+    with running_server(args, store=tmp_path_factory.mktemp("store")) as url:
+        yield url
 
 
 @pytest.fixture(scope="module")
 def long_pass_server(
     tiny_model_dirs: dict[str, Path], tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[str]:
-    """Default limits, but forward passes of up to 256 rows. A tiny model's pass is mostly Python
-    holding the GIL, about as long as an HTTP round trip; longer passes make a count of passes
-    measure time spent queued, not the event loop's share of two cores."""
+) -> Iterator[tuple[str, str]]:
+    """(HTTP URL, gRPC target) of a server with the default limits (inputs, body, gRPC message,
+    queue) but forward passes of up to 256 rows. A tiny model's pass is mostly Python holding the
+    GIL, about as long as an HTTP round trip: longer passes make a count of passes measure time
+    spent queued, not the event loop's share of two cores, and 20,000 items take fewer of them."""
+    grpc_port = free_port()
     args = ["--model", f"gpt2={tiny_model_dirs['gpt2-left']}",
             "--max-batch-pairs", "256", "--max-batch-tokens", "16384"]
-    with running_server(args, store=tmp_path_factory.mktemp("store")) as url:
-        yield url
+    with running_server(args, store=tmp_path_factory.mktemp("store"), grpc_port=grpc_port) as url:
+        yield url, f"127.0.0.1:{grpc_port}"
 
 
 @pytest.fixture(scope="module")
@@ -120,10 +120,8 @@ def openrlhf_queries() -> list[str]:
     return [f"query {i}: {words(rng, 20 if i % 10 == 0 else 1_700)}"[: 9_000] for i in range(QUERIES)]
 
 
-def test_openrlhf_rollout_batch_over_8_mib_in_one_call(
-    server: tuple[str, str], reference: tuple[Any, Any]
-) -> None:
-    url, _ = server
+def test_openrlhf_rollout_batch_over_8_mib_in_one_call(server: str, reference: tuple[Any, Any]) -> None:
+    url = server
     queries = openrlhf_queries()
     # OpenRLHF 0.9's request_api_wrapper: the whole batch, with its prompts and labels.
     body = json.dumps({"query": queries, "prompts": [f"prompt {i}" for i in range(QUERIES)],
@@ -146,17 +144,44 @@ def test_openrlhf_rollout_batch_over_8_mib_in_one_call(
                  [reference_reward(model, tokenizer, {"text": queries[i]}) for i in whole])
 
 
-def test_v1_score_20000_items_in_one_call(server: tuple[str, str], reference: tuple[Any, Any]) -> None:
-    url, _ = server
+def small_client(url: str, call: Future[httpx.Response], most: int = 100) -> tuple[list[list[float]], int]:
+    """A small client hammering the server while `call` runs: SMALL_ITEMS again and again, a
+    request every 50 ms or so (at most `most`). Their rewards, and how many 429s were retried."""
+    answers: list[list[float]] = []
+    refused, deadline = 0, time.monotonic() + TIMEOUT_S
+    with httpx.Client(base_url=url, timeout=TIMEOUT_S) as client:
+        while not call.done() and len(answers) + refused < most and time.monotonic() < deadline:
+            answer = client.post("/v1/score", json={"inputs": SMALL_ITEMS})
+            time.sleep(0.05)
+            if answer.status_code == 429:  # a client retries these; counted, so the test can tell
+                refused += 1
+                continue
+            assert answer.status_code == 200, answer.text
+            answers.append(answer.json()["rewards"])
+    return answers, refused
+
+
+def test_v1_score_20000_items_in_one_call_beside_a_small_client(
+    server: str, reference: tuple[Any, Any]
+) -> None:
+    url = server
     items = [{"text": text} for text in texts(seed=2, count=BIG, words_each=3)]
     scored_before = metric(url, "rmserve_items_total")
-
-    answer = httpx.post(f"{url}/v1/score", json={"inputs": items}, timeout=TIMEOUT_S)
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        big = pool.submit(httpx.post, f"{url}/v1/score", json={"inputs": items}, timeout=TIMEOUT_S)
+        beside, refused = small_client(url, big)
+        answer = big.result(timeout=TIMEOUT_S)
 
     assert answer.status_code == 200, answer.text[:500]
     body = answer.json()
     assert len(body["rewards"]) == BIG and body["truncated"] == [False] * BIG
-    assert metric(url, "rmserve_items_total") - scored_before == BIG
+    # The big call's first part fills the queue; what it holds back waits for half of it free.
+    assert beside and refused == 0, f"{len(beside)} small requests answered beside it, {refused} refused"
+    scored = metric(url, "rmserve_items_total") - scored_before
+    assert scored == BIG + len(beside) * len(SMALL_ITEMS)
+    alone = small_request_rewards(url, "/v1/score", "inputs", SMALL_ITEMS)
+    for rewards in beside:
+        assert_close(rewards, alone)
     sample = picked(BIG, seed=2)
     small = small_request_rewards(url, "/v1/score", "inputs", [items[i] for i in sample])
     assert_close([body["rewards"][i] for i in sample], small)
@@ -165,8 +190,8 @@ def test_v1_score_20000_items_in_one_call(server: tuple[str, str], reference: tu
                  [reference_reward(model, tokenizer, items[i]) for i in sample[:5]])
 
 
-def test_grpc_score_20000_items_over_8_mib_in_one_call(server: tuple[str, str]) -> None:
-    url, target = server
+def test_grpc_score_20000_items_over_8_mib_in_one_call(long_pass_server: tuple[str, str]) -> None:
+    url, target = long_pass_server
     items = texts(seed=3, count=BIG, words_each=54, vocabulary=LONG_WORDS)  # ~60 tokens each
     request = pb.ScoreRequest(inputs=[pb.Item(text=text) for text in items])
     assert request.ByteSize() > 8 * MIB  # over the old limit (the old body limit, 8 MiB)
@@ -193,23 +218,23 @@ def wait_for_passes(url: str, count: float, call: Future[httpx.Response], timeou
         time.sleep(0.05)
 
 
-def test_rank_is_not_kept_waiting_by_a_20000_item_call(long_pass_server: str) -> None:
-    url = long_pass_server
+def test_rank_is_not_kept_waiting_by_a_20000_item_call(long_pass_server: tuple[str, str]) -> None:
+    url, _ = long_pass_server
     items = [{"text": text} for text in texts(seed=4, count=BIG, words_each=40)]  # ~45 tokens each
     scored_before, passes_at_start = metric(url, "rmserve_items_total"), forward_passes(url)
     with ThreadPoolExecutor(max_workers=1) as pool:
         big = pool.submit(httpx.post, f"{url}/v1/score", json={"inputs": items}, timeout=TIMEOUT_S)
         wait_for_passes(url, passes_at_start + 5, big)  # the big call's items are in the queue
-        passes_before = forward_passes(url)
+        passes_before, started = forward_passes(url), time.monotonic()
         ranked = httpx.post(f"{url}/v1/rank", json=RANK, timeout=TIMEOUT_S)
-        passes_during = forward_passes(url) - passes_before
+        rank_s, passes_during = time.monotonic() - started, forward_passes(url) - passes_before
         big_was_running = not big.done()
         answer = big.result(timeout=TIMEOUT_S)
 
     assert ranked.status_code == 200, ranked.text
     assert answer.status_code == 200, answer.text[:500]
     assert big_was_running, "the 20,000-item call ended before the rank call: make its items longer"
-    assert passes_during <= MAX_RANK_PASSES
+    assert passes_during <= MAX_RANK_PASSES, f"{passes_during:.0f} passes in the rank's {rank_s:.3f} s"
     rewards = answer.json()["rewards"]
     assert len(rewards) == BIG
     assert metric(url, "rmserve_items_total") - scored_before == BIG + len(RANK["responses"])
