@@ -1,10 +1,10 @@
 """Trainer-scale scoring (issue 18): a whole rollout batch in one call.
 
 OpenRLHF posts a step's rollouts to /get_reward at once (over 8 MiB at 1,024+ long queries); a
-GRPO step may send 20,000 items to /v1/score or to gRPC Score. The default server (no limit flags)
-must answer each in one call, every reward equal to the same text scored in small requests and to
-the unbatched `model(**inputs).logits` reference; and a /v1/rank call must not wait behind such a
-call, which still answers every one of its items exactly once.
+GRPO step may send 20,000 items to /v1/score or to gRPC Score. With the default limits (no limit
+flags) the server must answer each in one call, every reward equal to the same text scored in small
+requests and to the unbatched `model(**inputs).logits` reference; and a /v1/rank call, or a small
+client, must not wait behind such a call, which still answers every one of its items exactly once.
 """
 
 from __future__ import annotations
@@ -34,7 +34,9 @@ QUERIES = 1_100  # OpenRLHF queries in one /get_reward call
 SAMPLE = 50  # big-call rewards checked against small requests
 TOLERANCE = 1e-5  # fp32 on CPU: batching and padding move a reward by float rounding only
 TIMEOUT_S = 300
-MAX_RANK_PASSES = 4  # the pass in flight, the rank's own, slack for the two metric reads
+# The pass in flight, the rank's own, slack for the two metric reads. At /v1/score's priority the
+# rank would wait for the half-full queue instead: about 10 passes on the long-pass server.
+MAX_RANK_PASSES = 4
 # Words that are one token each for the tiny GPT-2's tokenizer: many bytes per token, so a
 # message passes 8 MiB at fewer tokens (each token costs forward-pass time, each byte costs none).
 LONG_WORDS = tuple("question response function helpful explain because travel reward python prompt "
@@ -195,7 +197,7 @@ def test_grpc_score_20000_items_over_8_mib_in_one_call(long_pass_server: tuple[s
     items = texts(seed=3, count=BIG, words_each=54, vocabulary=LONG_WORDS)  # ~60 tokens each
     request = pb.ScoreRequest(inputs=[pb.Item(text=text) for text in items])
     assert request.ByteSize() > 8 * MIB  # over the old limit (the old body limit, 8 MiB)
-    # The client's own limits, raised too: gRPC's default receive limit is 4 MiB.
+    # The client's own limits, raised too (gRPC's default receive limit is 4 MiB).
     limits = [("grpc.max_send_message_length", 256 * MIB), ("grpc.max_receive_message_length", 256 * MIB)]
 
     with grpc.insecure_channel(target, options=limits) as channel:
