@@ -118,14 +118,17 @@ class Batcher:
         tokenised, so that a full queue refuses it before that work."""
         if self._closed:
             raise BatcherClosedError("the server is shutting down")
+        self._refuse_if_full()
+        submission = Submission(self, priority)
+        self._open.add(submission)
+        return submission
+
+    def _refuse_if_full(self) -> None:
         if self._queue.items >= self._max_items or self._queue.tokens >= self._max_tokens:
             raise QueueFullError(
                 f"the queue is full ({self._queue.items} items, {self._queue.tokens} tokens waiting): "
                 "retry shortly"
             )
-        submission = Submission(self, priority)
-        self._open.add(submission)
-        return submission
 
     def submit(self, pairs: Sequence[EncodedPair], priority: int = 0) -> Submission:
         """A request whose items are all known: opened, added and closed."""
@@ -134,7 +137,11 @@ class Batcher:
         submission.close()
         return submission
 
-    def admit(self, submission: Submission) -> None:
+    def admit(self, submission: Submission, *, first: bool) -> None:
+        """Queue what fits of a request's new items. Its first items are refused if others filled
+        the queue while it was tokenised, as they would have been on arrival."""
+        if first:
+            self._refuse_if_full()
         if submission.backlog and submission not in self._backlogged:
             self._backlogged.append(submission)
         self._feed()

@@ -47,7 +47,7 @@ class Admission(Protocol):
     """What a submission tells the batcher: it has items to queue, it is complete, one of its
     items is no longer wanted."""
 
-    def admit(self, submission: Submission) -> None: ...
+    def admit(self, submission: Submission, *, first: bool) -> None: ...
 
     def closed(self, submission: Submission) -> None: ...
 
@@ -71,14 +71,20 @@ class Submission:
         self._complete = asyncio.Event()
 
     def add(self, pairs: Sequence[EncodedPair]) -> None:
-        """More of the request's items, queued now if there is room, else as soon as there is."""
+        """More of the request's items, queued now if there is room, else as soon as there is.
+        The first ones are refused (QueueFullError) if they find the queue full."""
         loop, now = asyncio.get_running_loop(), time.monotonic()
         items = [Item(pair, loop.create_future(), self.priority, now, self.presence) for pair in pairs]
-        if not self.items:
+        first = not self.items and bool(items)
+        if first:
             self.first_part = len(items)
         self.items += items
         self.backlog += items
-        self._batcher.admit(self)
+        try:
+            self._batcher.admit(self, first=first)
+        except Exception:  # refused (the queue filled up meanwhile): nothing of it stays queued
+            self.cancel()
+            raise
 
     def close(self) -> None:
         """No more items will be added."""

@@ -90,7 +90,8 @@ class Scorer:
             submission = served.batcher.open(priority)
         try:
             async with asyncio.timeout_at(deadline):
-                return await raw_rewards(served, items, self.limits, self._cache, submission)
+                with _queue_errors():  # a queue that filled up while the request was tokenised
+                    return await raw_rewards(served, items, self.limits, self._cache, submission)
         except ScoringError:  # the request's own fault, found while tokenising: nothing more to compute
             submission.cancel()
             raise

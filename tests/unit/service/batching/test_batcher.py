@@ -409,3 +409,17 @@ def test_a_request_behind_a_big_one_of_its_priority_waits_only_a_few_batches() -
 
     waited = asyncio.run(_gated(body, max_queue_items=10_000))
     assert waited <= 2 * 16 + 4, waited
+
+
+def test_a_request_whose_first_items_find_the_queue_full_is_refused_and_leaves_nothing() -> None:
+    """Opened while there was room, tokenised while others filled the queue: refused when its
+    items arrive, as it would have been on arrival, and the batcher still stops cleanly."""
+
+    async def body(batcher):
+        late = batcher.open()
+        queued = batcher.submit([pair(1)] * 4)
+        with pytest.raises(QueueFullError, match="queue is full"):
+            late.add([pair(2)])
+        assert (await queued.outcome()).rewards == [1.0] * 4
+
+    asyncio.run(_with_batcher(FakeBackend(), body, max_queue_items=4))
