@@ -1,9 +1,9 @@
 """The items waiting for one model's forward passes, kept so that forming a batch costs O(log n)
 per item, however long the queue.
 
-Items wait in one level per priority. A level serves its items in rounds: a round is every item
-the level held when the round began, sorted by length once, and batches are cut from its longest
-end; what arrives meanwhile waits for the next round. So no item is overtaken by more than one
+Items wait in one level per priority. A level serves its items in rounds: a round is the oldest
+items the level holds, a couple of batches' worth, sorted by length once, and batches are cut from
+its longest end; what arrives meanwhile waits for a later round. So no item is overtaken by more than one
 round of later arrivals (a long item does not wait behind batch after batch of short ones), and
 every batch holds rows of similar length, cut from a sorted pool as an offline pass would cut
 them. Which level the next batch comes from is the policy's choice (anchor_index): the highest
@@ -25,6 +25,8 @@ from service.batching.isolation import RowKey
 from service.batching.policy import BatchLimits, anchor_index, longest_first_batch
 
 _serials = itertools.count()
+# A round holds at most this many batches' worth of the oldest arrivals (rows and tokens).
+ROUND_BATCHES = 2
 
 
 class State(enum.Enum):
@@ -86,10 +88,7 @@ class _Level:
     def take(self, limits: BatchLimits) -> list[Item]:
         """The next batch of this level: from the round's longest end (a new round if it is over)."""
         if not self.round:
-            self.round_since = self.arrivals[0].entered_s
-            self.round = sorted((p for p in self.arrivals if p.state is State.QUEUED),
-                                key=lambda p: (p.length, -p.serial))
-            self.arrivals.clear()
+            self._begin_round(limits)
         # Live candidates from the longest end: a batch never holds more than max_pairs of them.
         candidates: list[Item] = []
         end = len(self.round)
@@ -103,6 +102,21 @@ class _Level:
             cut -= 1
         del self.round[cut:]
         return chosen
+
+
+    def _begin_round(self, limits: BatchLimits) -> None:
+        """The oldest arrivals, a few batches' worth at most, sorted by length once: a round
+        short enough that whoever just missed one waits little for the next."""
+        self.round_since = self.arrivals[0].entered_s
+        members: list[Item] = []
+        tokens = 0
+        while self.arrivals and len(members) < ROUND_BATCHES * limits.max_pairs \
+                and tokens < ROUND_BATCHES * limits.max_tokens:
+            item = self.arrivals.popleft()
+            if item.state is State.QUEUED:
+                members.append(item)
+                tokens += item.length
+        self.round = sorted(members, key=lambda p: (p.length, -p.serial))
 
 
 class PendingQueue:
