@@ -79,7 +79,9 @@ class Submission:
         if first:
             self.first_part = len(items)
         self.items += items
-        self.backlog += items
+        # Queued longest first: the short rounds a big request is served in then hold rows of
+        # similar length, which pad as little as a sorted offline pass.
+        self.backlog += sorted(items, key=lambda item: -item.length)
         try:
             self._batcher.admit(self, first=first)
         except Exception:  # refused (the queue filled up meanwhile): nothing of it stays queued
