@@ -374,21 +374,26 @@ def test_two_big_requests_share_the_forward_passes() -> None:
     assert 60 <= half.count(2) <= 140, half.count(2)
 
 
+async def _passes_until_a_newcomer_is_computed(batcher, backend, big_items: int, priority: int) -> int:
+    """While a big request is being computed, one new item arrives: how many rows were computed
+    between its arrival and its own pass."""
+    big = batcher.submit([pair(1, i) for i in range(big_items)])
+    backend.gate.set()
+    while len(backend.computed) < 40:
+        await asyncio.sleep(0.001)
+    seen = len(backend.computed)
+    await batcher.submit([pair(2)], priority=priority).outcome()
+    waited = backend.computed.index((2,)) - seen
+    await big.outcome()
+    return waited
+
+
 def test_a_high_priority_request_gets_the_next_pass_while_a_big_request_is_computed() -> None:
     async def body(batcher, backend):
-        big = batcher.submit([pair(1, i) for i in range(400)])
-        backend.gate.set()
-        while len(backend.computed) < 40:
-            await asyncio.sleep(0.001)
-        seen = len(backend.computed)
-        urgent = batcher.submit([pair(2)], priority=10)
-        await urgent.outcome()
-        before_urgent = backend.computed.index((2,))
-        await big.outcome()
-        return seen, before_urgent
+        return await _passes_until_a_newcomer_is_computed(batcher, backend, 400, priority=10)
 
-    seen, before_urgent = asyncio.run(_gated(body, max_queue_items=64))
-    assert before_urgent <= seen + 2 * 4  # the pass in flight, then the urgent one's
+    waited = asyncio.run(_gated(body, max_queue_items=64))
+    assert waited <= 2 * 4  # the pass in flight, then the urgent one's
 
 
 def test_a_request_behind_a_big_one_of_its_priority_waits_only_a_few_batches() -> None:
@@ -396,16 +401,7 @@ def test_a_request_behind_a_big_one_of_its_priority_waits_only_a_few_batches() -
     (5,000): whoever comes after it waits for those, never for the rest of it."""
 
     async def body(batcher, backend):
-        big = batcher.submit([pair(1, i) for i in range(2000)])
-        backend.gate.set()
-        while len(backend.computed) < 40:
-            await asyncio.sleep(0.001)
-        seen = len(backend.computed)
-        later = batcher.submit([pair(2)])
-        await later.outcome()
-        waited = backend.computed.index((2,)) - seen
-        await big.outcome()
-        return waited
+        return await _passes_until_a_newcomer_is_computed(batcher, backend, 2000, priority=0)
 
     waited = asyncio.run(_gated(body, max_queue_items=10_000))
     assert waited <= 2 * 16 + 4, waited
