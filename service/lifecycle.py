@@ -8,6 +8,7 @@ import logging
 from concurrent.futures import ThreadPoolExecutor
 
 from model_store.store import ModelStore
+from service.allocator import HeapTrimmer
 from service.backends.base import Backend
 from service.batching.batcher import Batcher
 from service.batching.policy import BatchLimits
@@ -77,6 +78,8 @@ class Lifecycle:
         self._registry = registry
         self._metrics = metrics
         self._executors: dict[str, ThreadPoolExecutor] = {}
+        # One per process: resident memory is the process's (service/allocator.py).
+        self._trimmer = HeapTrimmer.for_this_process(settings.malloc_trim_slack_mib * 1024 * 1024)
         self._ready = False
         self._failure: str | None = None  # why loading failed
         self._draining = False
@@ -128,8 +131,9 @@ class Lifecycle:
             warm = formatter.format([PromptResponse("Warm-up prompt.", "Warm-up response.")])
             await asyncio.get_running_loop().run_in_executor(executor, backend.score, [w.pair for w in warm])
         model_metrics = self._metrics.for_model(source.name, source.version)
+        score = self._trimmer.wrap(backend.score) if self._trimmer else backend.score
         batcher = Batcher(
-            backend.score, executor, batch_limits(settings, device),
+            score, executor, batch_limits(settings, device),
             max_wait_s=settings.max_wait_ms / 1000, max_queue_items=settings.max_queue_items,
             max_queue_tokens=settings.max_queue_tokens, workers=settings.forward_workers,
             priority_aging_s=settings.priority_aging_ms / 1000, observer=model_metrics,

@@ -144,10 +144,16 @@ class Settings(StoreSettings):
         600.0, gt=0, description="every gRPC connection is asked to go away (GOAWAY) after this; with "
         "--body-timeout-s for its calls to finish, this bounds a call whose message never completes"
     )
+    malloc_trim_slack_mib: int = Field(
+        64, ge=0, description="glibc: give freed heap memory back to the OS (malloc_trim) whenever "
+        "resident memory has grown this much since the last trim, so it does not grow with the "
+        "variety of batch shapes; 0 = never",
+    )
     malloc_mmap_threshold_kib: int = Field(
-        1024, ge=0, le=32768,
-        description="glibc: blocks from this size up are mmapped and given back when freed, so resident "
-        "memory does not grow with the variety of batch shapes; 0 = glibc's own (rising) threshold",
+        0, ge=0, le=32768,
+        description="glibc: blocks from this size up are mmapped and given back when freed (flatter "
+        "memory than trimming, but a quarter slower on CPU: every activation's pages fault in); "
+        "0 = glibc's own (rising) threshold",
     )
     warmup: bool = Field(True, description="run a forward pass per model before reporting ready")
     trust_remote_code: list[str] = Field(

@@ -1,4 +1,5 @@
-"""glibc's mmap threshold, fixed by `rmserve serve` so resident memory follows live memory."""
+"""glibc tuning by `rmserve serve` so resident memory follows live memory: trims, or a fixed mmap
+threshold."""
 
 from __future__ import annotations
 
@@ -64,7 +65,7 @@ def test_zero_leaves_glibc_alone() -> None:
     assert not allocator.fix_mmap_threshold(0)
 
 
-def test_serve_fixes_the_threshold_before_loading_models(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_serve_fixes_a_threshold_it_is_given_before_loading_models(monkeypatch: pytest.MonkeyPatch) -> None:
     calls: list[int] = []
     monkeypatch.setattr(allocator, "fix_mmap_threshold", calls.append)
     monkeypatch.setattr("service.logs.configure_logging", lambda *_: None)  # pytest's logging stays
@@ -75,5 +76,58 @@ def test_serve_fixes_the_threshold_before_loading_models(monkeypatch: pytest.Mon
 
     monkeypatch.setattr("service.lifecycle.locate_models", no_models)
     with pytest.raises(SystemExit):
-        _serve(["--model", "some-model"])
+        _serve(["--model", "some-model", "--malloc-mmap-threshold-kib", "1024"])
     assert calls == [1024 * 1024]
+
+
+# In a fresh process: 128 MiB of small blocks touched and freed below a live one, so glibc cannot
+# give them back from the heap's top; resident memory stays up until something trims.
+_TRIM_PROBE = textwrap.dedent("""
+    import ctypes
+    from service.allocator import HeapTrimmer, resident_bytes
+    MIB = 1 << 20
+    libc = ctypes.CDLL(None)
+    libc.malloc.restype = ctypes.c_void_p
+    libc.free.argtypes = [ctypes.c_void_p]
+    trimmer = HeapTrimmer(16 * MIB)
+    blocks = [libc.malloc(64 * 1024) for _ in range(2048)]
+    for block in blocks:
+        ctypes.memset(block, 1, 64 * 1024)
+    pin = libc.malloc(64)
+    for block in blocks:
+        libc.free(block)
+    before = resident_bytes()
+    trimmer.after_forward()
+    after = resident_bytes()
+    trimmer.after_forward()  # now within the slack of where the trim left it: no second trim
+    print((before - after) // MIB, trimmer.trims)
+""")
+
+
+@glibc_only
+def test_the_trimmer_gives_freed_heap_memory_back_once_it_exceeds_the_slack() -> None:
+    env = {"PYTHONPATH": str(REPO), "PATH": "/usr/bin:/bin"}
+    out = subprocess.run([sys.executable, "-c", _TRIM_PROBE], env=env, capture_output=True, text=True,
+                         check=True, timeout=60)
+    given_back_mib, trims = map(int, out.stdout.split())
+    assert given_back_mib >= 100 and trims == 1
+
+
+def test_the_trimmer_checks_after_every_forward_even_a_failed_one() -> None:
+    checks: list[int] = []
+    trimmer = allocator.HeapTrimmer(1 << 30)
+    trimmer.after_forward = lambda: checks.append(1)  # type: ignore[method-assign]
+
+    def failing(rows: object) -> list[float]:
+        raise RuntimeError("out of memory")
+
+    assert trimmer.wrap(lambda rows: [1.0])(["a"]) == [1.0]
+    with pytest.raises(RuntimeError):
+        trimmer.wrap(failing)(["a"])
+    assert checks == [1, 1]
+
+
+def test_no_trimmer_for_slack_zero_or_another_allocator(monkeypatch: pytest.MonkeyPatch) -> None:
+    assert allocator.HeapTrimmer.for_this_process(0) is None
+    monkeypatch.setenv("LD_PRELOAD", "/usr/lib/x86_64-linux-gnu/libjemalloc.so.2")
+    assert allocator.HeapTrimmer.for_this_process(64 << 20) is None
