@@ -89,7 +89,10 @@ class HeapTrimmer:
 
     def after_forward(self) -> None:
         resident = resident_bytes()
-        if resident is None or resident <= self._floor + self._slack or not self._lock.acquire(False):
+        if resident is None:
+            return
+        self._floor = min(self._floor, resident)  # memory given back by itself lowers the bar too
+        if resident <= self._floor + self._slack or not self._lock.acquire(False):
             return
         try:
             self._libc.malloc_trim(0)
