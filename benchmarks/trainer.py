@@ -50,7 +50,8 @@ LONG_TOKENS = (1024, 2048)
 LONG_MARGIN = 64  # aim inside the range: a concatenation's count is only estimated from its parts
 MAX_PIECES = 64  # transcripts tried per long item
 MAX_RESHUFFLES = 8
-BATCH_SIZES = {"cpu": (8, 16, 32, 64, 128), "gpu": (16, 32, 64, 128, 256, 512)}
+# From 1 row on CPU: items of 1-2k tokens already fill its 2,048-token budget alone.
+BATCH_SIZES = {"cpu": (1, 2, 4, 8, 16, 32, 64, 128), "gpu": (16, 32, 64, 128, 256, 512)}
 # The limits a whole rollout batch needs (the new defaults of issue 18), passed explicitly.
 SERVER_LIMITS = ("--max-inputs-per-request", "65536", "--max-body-bytes", "268435456")
 
