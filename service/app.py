@@ -4,7 +4,7 @@ gRPC server. The only module that wires concrete classes together; it does no wo
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
@@ -15,6 +15,7 @@ from service.api.http.compat import tei, vllm
 from service.api.http.errors import install_error_handlers
 from service.api.http.middleware import ApiKeyMiddleware, BodyLimitMiddleware, RequestObserverMiddleware
 from service.api.http.routes import router
+from service.engine.remote import EnginePool
 from service.lifecycle import Lifecycle, locate_models
 from service.loading import ModelSource
 from service.metrics import Metrics
@@ -25,11 +26,14 @@ from service.scoring.scorer import Scorer
 from service.settings import Settings
 
 
-def create_app(settings: Settings, sources: list[ModelSource] | None = None) -> FastAPI:
-    """The HTTP app; models load in the background once it starts (see /readyz)."""
+def create_app(
+    settings: Settings, sources: list[ModelSource] | None = None, engines: Sequence[tuple[str, str]] = ()
+) -> FastAPI:
+    """The HTTP app; models load in the background once it starts (see /readyz). With `engines`
+    ((endpoint, device) of each engine process) it is a front end: the engines compute."""
     metrics = Metrics()
     registry = ModelRegistry()
-    lifecycle = Lifecycle(settings, registry, metrics)
+    lifecycle = Lifecycle(settings, registry, metrics, EnginePool(engines) if engines else None)
     scorer = Scorer(registry, scoring_limits(settings), lifecycle, reward_cache(settings))
     keys = ApiKeys(settings.all_api_keys())
     run = _ServerRun(settings, lifecycle, sources if sources is not None else locate_models(settings),

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import sys
 from importlib.metadata import entry_points
 from pathlib import Path
@@ -22,21 +21,22 @@ def _store_root(arg: Path | None) -> Path:
 
 
 def _serve(argv: list[str]) -> int:
-    import uvicorn
     from transformers.utils import logging as hf_logging
 
     from model_store.demo.build import build_demo
-    from service.app import create_app
+    from service.allocator import fix_mmap_threshold
     from service.lifecycle import locate_models
     from service.logs import configure_logging
-    from service.serving import ConnectionLimits, DrainingServer, bounded_protocol, fit_fd_limit
+    from service.processes import serve_in_process
+    from service.serving import fit_fd_limit
     from service.settings import Settings
+    from service.supervisor import serve_processes
 
     settings = Settings(_cli_parse_args=argv)
-    configure_logging(settings.log_level, settings.log_format)
-    from service.allocator import fix_mmap_threshold
-
-    # Before any model loads: see service/allocator.py for why the server picks this itself.
+    configure_logging(settings.log_level, settings.log_format,
+                      "supervisor" if settings.separate_engine else None)
+    # Before any model loads: see service/allocator.py for why the server picks this itself (an
+    # engine process fixes its own).
     fix_mmap_threshold(settings.malloc_mmap_threshold_kib * 1024)
     # A server's log is lines (JSON by default); progress bars would only break them.
     hf_logging.disable_progress_bar()
@@ -44,22 +44,10 @@ def _serve(argv: list[str]) -> int:
         build_demo(ModelStore(settings.store))
     # Before anything opens a socket: the connection bound must fit in the descriptor limit.
     settings = settings.model_copy(update={"max_connections": fit_fd_limit(settings.max_connections)})
-    app = create_app(settings, locate_models(settings))
-    # Logging is ours (log_config=None); the access log is replaced by rmserve.requests' lines.
-    # Connections are bounded in time and number by our h11 protocol (service/serving.py), not
-    # uvicorn's limit_concurrency, which counts slow connections too and so would answer good
-    # clients 503 during a slowloris; no WebSocket upgrade, so every connection stays ours.
-    limits = ConnectionLimits(
-        header_timeout_s=settings.header_timeout_s, body_timeout_s=settings.body_timeout_s,
-        keep_alive_timeout_s=settings.keep_alive_timeout_s, max_connections=settings.max_connections,
-    )
-    config = uvicorn.Config(
-        app, host=settings.host, port=settings.port, log_level=settings.log_level, log_config=None,
-        access_log=False, timeout_graceful_shutdown=settings.shutdown_grace_s,
-        http=bounded_protocol(limits), ws="none",
-        timeout_keep_alive=math.ceil(settings.keep_alive_timeout_s),
-    )
-    DrainingServer(config, app.state.begin_shutdown).run()
+    sources = locate_models(settings)
+    if settings.separate_engine:
+        return serve_processes(settings, sources)
+    serve_in_process(settings, sources)
     return 0
 
 

@@ -9,14 +9,16 @@ from concurrent.futures import ThreadPoolExecutor
 
 from model_store.store import ModelStore
 from service.allocator import HeapTrimmer
-from service.backends.base import Backend
+from service.backends.base import Backend, BackendInfo
 from service.batching.batcher import Batcher
 from service.batching.policy import BatchLimits
+from service.engine.remote import EnginePool
+from service.engine.wire import ModelCard
 from service.loading import ModelSource, load_tokenizer, locate_model, position_capped, refuse_custom_code
-from service.metrics import Metrics
+from service.metrics import Metrics, ModelMetrics
 from service.scoring.formatting import InputFormatter
 from service.scoring.items import PromptResponse
-from service.scoring.registry import ModelRegistry, ServedModel
+from service.scoring.registry import ModelBatcher, ModelRegistry, ServedModel
 from service.settings import DEFAULT_MODEL, Settings
 
 logger = logging.getLogger("rmserve")
@@ -71,12 +73,17 @@ def load_backend(source: ModelSource, settings: Settings, pad_token_id: int) -> 
 
 class Lifecycle:
     """Loads, warms up and registers the models in the background while the server answers;
-    says whether it is ready; drains on shutdown."""
+    says whether it is ready; drains on shutdown. With `engines` (a front end of several
+    processes), the backends and batchers are the engine processes'; this process tokenises."""
 
-    def __init__(self, settings: Settings, registry: ModelRegistry, metrics: Metrics) -> None:
+    def __init__(
+        self, settings: Settings, registry: ModelRegistry, metrics: Metrics, engines: EnginePool | None = None
+    ) -> None:
         self._settings = settings
         self._registry = registry
         self._metrics = metrics
+        self._engines = engines
+        self._cards: dict[str, ModelCard] = {}
         self._executors: dict[str, ThreadPoolExecutor] = {}
         # One per process: resident memory is the process's (service/allocator.py).
         self._trimmer = HeapTrimmer.for_this_process(settings.malloc_trim_slack_mib * 1024 * 1024)
@@ -87,6 +94,8 @@ class Lifecycle:
     @property
     def not_ready_reason(self) -> str | None:
         """None once every model serves; else why not (reported by /readyz and to scoring calls)."""
+        if self._engines is not None and (stopped := self._engines.stopped):
+            return stopped
         if self._draining:
             return "the server is shutting down"
         if not self._ready:
@@ -98,6 +107,8 @@ class Lifecycle:
         for source in sources:
             self._metrics.model_ready.labels(model=source.name, version=source.version).set(0)
         try:
+            if self._engines is not None:
+                self._cards = await self._engines.models()
             for source in sources:
                 await self._load(source)
         except Exception as exc:
@@ -115,12 +126,34 @@ class Lifecycle:
         tokenizer = await asyncio.to_thread(
             load_tokenizer, source.path, trust_remote_code=source.name in settings.trust_remote_code
         )
-        backend = await asyncio.to_thread(load_backend, source, settings, tokenizer.pad_token_id)
         if (max_length := position_capped(source)) < source.max_length:
             logger.warning("%s: max length %d capped to the model's %d positions", source.name,
                            source.max_length, max_length)
             source = dataclasses.replace(source, max_length=max_length)
         formatter = InputFormatter(tokenizer, source.max_length)
+        model_metrics = self._metrics.for_model(source.name, source.version)
+        if self._engines is not None:
+            remote = self._engines.batcher(self._cards[source.name])
+            batcher, info = remote, remote.info
+        else:
+            pad_token_id = tokenizer.pad_token_id
+            batcher, info = await self._local_batcher(source, formatter, pad_token_id, model_metrics)
+        self._registry.add(ServedModel(
+            name=source.name, version=source.version, max_length=source.max_length,
+            formatter=formatter, batcher=batcher, backend=info, metrics=model_metrics,
+            normalization=source.normalization,
+        ))
+        self._metrics.model_info.labels(
+            model=source.name, version=source.version, backend=info.backend,
+            device=info.device, dtype=info.dtype,
+        ).set(1)
+
+    async def _local_batcher(
+        self, source: ModelSource, formatter: InputFormatter, pad_token_id: int, observer: ModelMetrics
+    ) -> tuple[ModelBatcher, BackendInfo]:
+        """The backend loaded and warmed up in this process, and its batcher started."""
+        settings = self._settings
+        backend = await asyncio.to_thread(load_backend, source, settings, pad_token_id)
         device = backend.info.device
         if device not in self._executors:  # one pool per device: models on it take turns
             self._executors[device] = ThreadPoolExecutor(
@@ -130,26 +163,16 @@ class Lifecycle:
         if settings.warmup:
             warm = formatter.format([PromptResponse("Warm-up prompt.", "Warm-up response.")])
             await asyncio.get_running_loop().run_in_executor(executor, backend.score, [w.pair for w in warm])
-        model_metrics = self._metrics.for_model(source.name, source.version)
         score = self._trimmer.wrap(backend.score) if self._trimmer else backend.score
         batcher = Batcher(
             score, executor, batch_limits(settings, device),
             max_wait_s=settings.max_wait_ms / 1000, max_queue_items=settings.max_queue_items,
             max_queue_tokens=settings.max_queue_tokens, workers=settings.forward_workers,
-            priority_aging_s=settings.priority_aging_ms / 1000, observer=model_metrics,
+            priority_aging_s=settings.priority_aging_ms / 1000, observer=observer,
         )
         batcher.start()
-        self._registry.add(ServedModel(
-            name=source.name, version=source.version, max_length=source.max_length,
-            formatter=formatter, batcher=batcher, backend=backend.info, metrics=model_metrics,
-            normalization=source.normalization,
-        ))
-        info = backend.info
-        self._metrics.model_info.labels(
-            model=source.name, version=source.version, backend=info.backend,
-            device=info.device, dtype=info.dtype,
-        ).set(1)
         self._metrics.device_memory.devices.add(device)
+        return batcher, backend.info
 
     def begin_drain(self) -> None:
         """Not ready at once and no new work (503); admitted work goes on."""
@@ -164,6 +187,8 @@ class Lifecycle:
             await model.batcher.stop()
         for executor in self._executors.values():
             executor.shutdown(wait=True)
+        if self._engines is not None:
+            self._engines.close()
 
     def _set_ready_metric(self, value: int) -> None:
         for model in self._registry.all():

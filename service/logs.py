@@ -42,9 +42,23 @@ def _text_value(value: object) -> str:
     return '"' + text.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n") + '"'
 
 
-def configure_logging(level: str, log_format: str) -> None:
+class _Role(logging.Filter):
+    """Names the process that wrote a line, in a server of several (api-0, engine-1, supervisor)."""
+
+    def __init__(self, role: str) -> None:
+        super().__init__()
+        self._role = role
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        record.role = self._role
+        return True
+
+
+def configure_logging(level: str, log_format: str, role: str | None = None) -> None:
     """Route every logger (rmserve's and uvicorn's) through one stderr handler."""
     handler = logging.StreamHandler(sys.stderr)
+    if role is not None:
+        handler.addFilter(_Role(role))
     if log_format == "json":
         formatter: logging.Formatter = JsonFormatter(
             "{asctime}{levelname}{name}{message}", style="{", rename_fields=_FIELDS,

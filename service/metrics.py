@@ -1,10 +1,14 @@
 """Prometheus metrics, one registry per app, named by stage with base units.
 
-One process serves each replica (no uvicorn workers): every total here is the replica's total.
+Every total here is the replica's. A server of several processes (API front ends and engines,
+service/supervisor.py) runs prometheus-client's multiprocess mode: each process writes its
+samples to files in PROMETHEUS_MULTIPROC_DIR and /metrics, from any front end, sums them.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import os
 from collections.abc import Iterator
 
@@ -15,6 +19,7 @@ from prometheus_client import (
     Histogram,
     ProcessCollector,
     generate_latest,
+    multiprocess,
 )
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
@@ -34,13 +39,24 @@ class Metrics:
     """Every metric rmserve exports; labels are bounded (model, version, endpoint, code)."""
 
     def __init__(self) -> None:
+        self.multiprocess = "PROMETHEUS_MULTIPROC_DIR" in os.environ
         self.registry = CollectorRegistry()
         self._declare_request_metrics(self.registry)
         self._declare_batch_metrics(self.registry)
         self._declare_model_metrics(self.registry)
         self.device_memory = DeviceMemoryCollector()
-        self.registry.register(self.device_memory)
-        ProcessCollector(registry=self.registry)
+        if self.multiprocess:  # read at scrape time by one process only: the engines sample it
+            self.device_memory_used = Gauge(
+                "rmserve_device_memory_used_bytes", "Memory in use on a device", ["device"],
+                registry=self.registry, multiprocess_mode="livesum",
+            )
+            self.device_memory_total = Gauge(
+                "rmserve_device_memory_total_bytes", "Memory a device has", ["device"],
+                registry=self.registry, multiprocess_mode="livemax",
+            )
+        else:
+            self.registry.register(self.device_memory)
+            ProcessCollector(registry=self.registry)
 
     def _declare_request_metrics(self, r: CollectorRegistry) -> None:
         per_request = ["model", "version", "endpoint"]
@@ -57,7 +73,8 @@ class Metrics:
             per_request, buckets=_LATENCY_BUCKETS_S, registry=r,
         )
         self.inflight = Gauge(
-            "rmserve_inflight_requests", "HTTP requests being handled now", ["endpoint"], registry=r
+            "rmserve_inflight_requests", "HTTP requests being handled now", ["endpoint"], registry=r,
+            multiprocess_mode="livesum",
         )
 
     def _declare_batch_metrics(self, r: CollectorRegistry) -> None:
@@ -101,18 +118,19 @@ class Metrics:
             "rmserve_cache_misses", "Items looked up in the result cache and computed",
             ["model", "version"], registry=r,
         )
-        self.cache_bytes = Gauge("rmserve_cache_bytes", "Size of the result cache", registry=r)
+        self.cache_bytes = Gauge("rmserve_cache_bytes", "Size of the result cache", registry=r,
+                                 multiprocess_mode="livesum")
         self.queue_depth = Gauge(
             "rmserve_queue_depth", "Items waiting for a forward pass", ["model", "version"],
-            registry=r,
+            registry=r, multiprocess_mode="livesum",
         )
         self.model_info = Gauge(
             "rmserve_model_info", "Loaded models (value 1)",
-            ["model", "version", "backend", "device", "dtype"], registry=r,
+            ["model", "version", "backend", "device", "dtype"], registry=r, multiprocess_mode="livemax",
         )
         self.model_ready = Gauge(
             "rmserve_model_ready", "1 once the model is loaded, warmed up and served; 0 before",
-            ["model", "version"], registry=r,
+            ["model", "version"], registry=r, multiprocess_mode="livemin",  # 0 while any process loads
         )
 
     def count_request(
@@ -127,7 +145,11 @@ class Metrics:
             self.errors.labels(**labels, type=error_type).inc()
 
     def render(self) -> bytes:
-        return generate_latest(self.registry)
+        if not self.multiprocess:
+            return generate_latest(self.registry)
+        every_process = CollectorRegistry()
+        multiprocess.MultiProcessCollector(every_process)
+        return generate_latest(every_process)
 
     def for_model(self, model: str, version: str) -> ModelMetrics:
         return ModelMetrics(self, model, version)
@@ -207,3 +229,30 @@ def _memory(device: str) -> tuple[float, float]:
     with open("/proc/self/statm") as statm:
         resident_pages = int(statm.read().split()[1])
     return resident_pages * page, os.sysconf("SC_PHYS_PAGES") * page
+
+
+class DeviceMemorySampler:
+    """An engine process's device memory, written every second (multiprocess mode, where no
+    collector runs at scrape time in the process that holds the device)."""
+
+    def __init__(self, metrics: Metrics, every_s: float = 1.0) -> None:
+        self._metrics = metrics
+        self._every_s = every_s
+        self._task: asyncio.Task[None] | None = None
+
+    def start(self, devices: set[str]) -> None:
+        if self._metrics.multiprocess:
+            self._task = asyncio.create_task(self._sample(sorted(devices)))
+
+    async def _sample(self, devices: list[str]) -> None:
+        while True:
+            for device in devices:
+                with contextlib.suppress(Exception):  # no reading is no sample, as at scrape time
+                    in_use, capacity = _memory(device)
+                    self._metrics.device_memory_used.labels(device=device).set(in_use)
+                    self._metrics.device_memory_total.labels(device=device).set(capacity)
+            await asyncio.sleep(self._every_s)
+
+    def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()

@@ -243,9 +243,12 @@ class DrainingServer(uvicorn.Server):
     `timeout_graceful_shutdown`, and the app's lifespan ends (queued work is computed). A second
     signal exits at once."""
 
-    def __init__(self, config: uvicorn.Config, on_exit: Callable[[], None]) -> None:
+    def __init__(
+        self, config: uvicorn.Config, on_exit: Callable[[], None], signals: tuple[int, ...] = HANDLED_SIGNALS
+    ) -> None:
         super().__init__(config)
         self._on_exit = on_exit
+        self._signals = signals  # an API process of several leaves Ctrl-C to the supervisor
 
     def handle_exit(self, sig: int, frame: FrameType | None) -> None:
         if not self.should_exit:
@@ -259,7 +262,7 @@ class DrainingServer(uvicorn.Server):
         if threading.current_thread() is not threading.main_thread():
             yield
             return
-        previous = {sig: signal.signal(sig, self.handle_exit) for sig in HANDLED_SIGNALS}
+        previous = {sig: signal.signal(sig, self.handle_exit) for sig in self._signals}
         try:
             yield
         finally:

@@ -53,7 +53,10 @@ class Settings(StoreSettings):
     backend: Literal["auto", "torch", "onnx"] = Field(
         "auto", description="inference backend; auto = the manifest's preferred backend (torch for folders)"
     )
-    device: str = Field("auto", description="'auto' (cuda when present, else cpu), 'cpu', 'cuda:N'")
+    device: str = Field(
+        "auto", description="'auto' (cuda when present, else cpu), 'cpu', 'cuda:N'; a comma-separated list "
+        "(cuda:0,cuda:1 or cpu,cpu) runs an engine process per device and spreads batches over them"
+    )
     dtype: Literal["auto", "float32", "float16", "bfloat16"] = Field(
         "auto", description="weights dtype: auto = float32 on CPU, bfloat16 on CUDA"
     )
@@ -64,6 +67,14 @@ class Settings(StoreSettings):
     )
     forward_workers: int = Field(
         1, ge=1, description="batches computed at once per device (each on its own thread)"
+    )
+    api_workers: int = Field(
+        1, ge=1, le=64, description="API processes serving HTTP and gRPC on the same ports (SO_REUSEPORT): "
+        "validation, tokenising, caching; beyond 1 the models run in engine processes"
+    )
+    engine: Literal["auto", "in-process", "separate"] = Field(
+        "auto", description="where the models run: in the API process, or in an engine process per "
+        "device beside the API processes; auto = separate with --api-workers > 1 or several devices"
     )
     max_wait_ms: float = Field(
         0.0, ge=0,
@@ -173,6 +184,23 @@ class Settings(StoreSettings):
                 "--dtype applies to the torch backend; an ONNX export's dtype is fixed when it is made "
                 "(rmserve models export-onnx [--fp16]): drop --dtype or use --backend torch"
             )
+        return self
+
+    @property
+    def devices(self) -> list[str]:
+        return [device.strip() for device in self.device.split(",")]
+
+    @property
+    def separate_engine(self) -> bool:
+        return self.engine == "separate" or (
+            self.engine == "auto" and (self.api_workers > 1 or len(self.devices) > 1)
+        )
+
+    @model_validator(mode="after")
+    def _processes_fit(self) -> Settings:
+        if self.engine == "in-process" and (self.api_workers > 1 or len(self.devices) > 1):
+            raise ValueError("--engine in-process serves one device from one API process: drop "
+                             "--api-workers and list one --device, or use --engine separate")
         return self
 
     @field_validator("api_keys", mode="before")

@@ -103,6 +103,11 @@ class Batcher:
     def queue_depth(self) -> int:
         return self._queue.items
 
+    @property
+    def full(self) -> bool:
+        """A new request would be refused now."""
+        return self._queue.items >= self._max_items or self._queue.tokens >= self._max_tokens
+
     def start(self) -> None:
         self._task = asyncio.get_running_loop().create_task(self._run(), name="batcher")
 
@@ -124,7 +129,7 @@ class Batcher:
         return submission
 
     def _refuse_if_full(self) -> None:
-        if self._queue.items >= self._max_items or self._queue.tokens >= self._max_tokens:
+        if self.full:
             raise QueueFullError(
                 f"the queue is full ({self._queue.items} items, {self._queue.tokens} tokens waiting): "
                 "retry shortly"

@@ -13,13 +13,13 @@ import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from service.batching.submission import Submission, Timing
+from service.batching.submission import Timing
 from service.scoring.cache import RewardCache, cache_key
 from service.scoring.errors import InternalScoringError
 from service.scoring.formatting import FormattedItem
 from service.scoring.items import ScoreInput
 from service.scoring.preparation import ScoringLimits, group_prompts, tokenize
-from service.scoring.registry import ServedModel
+from service.scoring.registry import ServedModel, Submitted
 
 logger = logging.getLogger("rmserve")
 
@@ -47,7 +47,7 @@ class RawRewards:
 
 async def raw_rewards(
     served: ServedModel, items: Sequence[ScoreInput], limits: ScoringLimits,
-    cache: RewardCache | None, submission: Submission,
+    cache: RewardCache | None, submission: Submitted,
 ) -> RawRewards:
     """Tokenise, queue what the cache lacks (prompts shared where the backend can), and wait
     for every reward. Refuses non-finite rewards."""

@@ -2,16 +2,42 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Protocol
 
-from service.backends.base import BackendInfo
-from service.batching.batcher import Batcher
+from service.backends.base import BackendInfo, EncodedPair
+from service.batching.policy import BatchLimits
+from service.batching.submission import BatchedRewards
 from service.metrics import ModelMetrics
 from service.scoring.errors import UnknownModelError
 from service.scoring.formatting import InputFormatter
 
 # A client-chosen name is echoed in errors only this far.
 _NAME_SHOWN_CHARS = 64
+
+
+class Submitted(Protocol):
+    """One request's items in a batcher (service.batching.submission.Submission, or its remote twin)."""
+
+    def add(self, pairs: Sequence[EncodedPair]) -> None: ...
+
+    def close(self) -> None: ...
+
+    async def outcome(self) -> BatchedRewards: ...
+
+    def cancel(self) -> int: ...
+
+
+class ModelBatcher(Protocol):
+    """A model's batching: in this process (service.batching.batcher.Batcher) or in an engine
+    process (service.engine.remote.RemoteBatcher)."""
+
+    limits: BatchLimits
+
+    def open(self, priority: int = 0) -> Submitted: ...
+
+    async def stop(self) -> None: ...
 
 
 @dataclass
@@ -22,7 +48,7 @@ class ServedModel:
     version: str
     max_length: int
     formatter: InputFormatter
-    batcher: Batcher
+    batcher: ModelBatcher
     backend: BackendInfo
     metrics: ModelMetrics
     normalization: tuple[float, float] | None = None  # (mean, std) for "normalize": true

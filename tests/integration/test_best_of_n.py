@@ -59,10 +59,13 @@ def test_rank_computes_the_prompt_once_and_equals_full_sequences(
 
 def test_cache_hits_return_identical_rewards_without_a_forward_pass(server: str) -> None:
     body = {"inputs": [{"prompt": "cache me", "response": r} for r in RESPONSES]}
-    first = httpx.post(f"{server}/v1/score", json=body).json()
-    passes, hits = forward_passes(server), metric(server, "rmserve_cache_hits_total")
+    # One connection: with several API processes each keeps its own cache, and a connection
+    # stays with one process.
+    with httpx.Client(base_url=server) as client:
+        first = client.post("/v1/score", json=body).json()
+        passes, hits = forward_passes(server), metric(server, "rmserve_cache_hits_total")
 
-    again = httpx.post(f"{server}/v1/score", json=body).json()
+        again = client.post("/v1/score", json=body).json()
 
     assert again["rewards"] == first["rewards"]  # bit for bit
     assert forward_passes(server) == passes

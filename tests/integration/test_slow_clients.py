@@ -199,9 +199,11 @@ def test_answers_say_why_a_slow_request_ended(server: str) -> None:
 
 @pytest.fixture(scope="module")
 def small_server(tiny_model_dirs: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """At most 20 connections; a lone item waits 3 s for company, so a request stays busy that long."""
+    """At most 20 connections; a lone item waits 3 s for company, so a request stays busy that long.
+    One API process: --max-connections is each process's bound, and the kernel spreads connections
+    over several by a hash, so only one process's table can be filled exactly."""
     args = ["--model", f"bert={tiny_model_dirs['bert-right']}", "--max-connections", "20",
-            "--max-wait-ms", "3000", "--header-timeout-s", "30"]
+            "--max-wait-ms", "3000", "--header-timeout-s", "30", "--api-workers", "1"]
     with running_server(args, store=tmp_path_factory.mktemp("store")) as url:
         yield url
 

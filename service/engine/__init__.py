@@ -1,0 +1,1 @@
+"""Engine processes: one per device, owning the backends and batchers, and the front ends' link to them."""

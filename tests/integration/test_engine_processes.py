@@ -1,0 +1,151 @@
+"""A server of several processes (`--api-workers 2 --device cpu,cpu`): two engines share the
+work and agree with the unbatched reference, /metrics from any API process shows the whole
+server, SIGTERM drains every process, and a killed engine costs no request an answer."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import httpx
+import pytest
+from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+from tests.integration.reference import reference_reward
+from tests.integration.server import metric, server_process
+
+SPLIT = ["--api-workers", "2", "--device", "cpu,cpu", "--threads", "1"]
+ANSWER_BOUND_S = 30.0  # no request may wait longer than this once an engine is gone
+
+
+def _children(log_file: Path) -> dict[str, int]:
+    """name -> pid of the supervisor's processes, from its log lines."""
+    pids = {}
+    for line in log_file.read_text().splitlines():
+        with_fields = json.loads(line) if line.startswith("{") else {}
+        if "child_pid" in with_fields:
+            pids[with_fields["child"]] = with_fields["child_pid"]
+    return pids
+
+
+def _cpu_s(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _items(count: int, words: int = 6) -> list[dict[str, str]]:
+    return [{"prompt": f"Question {i}: how far is the moon?", "response": " ".join(["far"] * (words + i % 7))}
+            for i in range(count)]
+
+
+def test_two_engines_share_the_work_and_agree_with_the_reference(
+    tiny_model_dirs: dict[str, Path], tmp_path: Path
+) -> None:
+    model = tiny_model_dirs["bert-right"]
+    log = tmp_path / "server.log"
+    args = ["--model", f"bert={model}", *SPLIT]
+    with server_process(args, store=tmp_path / "store", log_file=log) as (url, _):
+        engines = [pid for name, pid in _children(log).items() if name.startswith("engine")]
+        before = [_cpu_s(pid) for pid in engines]
+        items = _items(600)
+        with ThreadPoolExecutor(8) as pool:
+            answers = list(pool.map(lambda part: httpx.post(f"{url}/v1/score", json={"inputs": part},
+                                                             timeout=60).json()["rewards"],
+                                    [items[i:i + 75] for i in range(0, 600, 75)]))
+        rewards = [reward for answer in answers for reward in answer]
+        busy = [_cpu_s(pid) - was for pid, was in zip(engines, before, strict=True)]
+    network, tokenizer = AutoModelForSequenceClassification.from_pretrained(model).eval(), \
+        AutoTokenizer.from_pretrained(model)
+    expected = [reference_reward(network, tokenizer, item) for item in items]
+    assert rewards == pytest.approx(expected, abs=1e-5)
+    assert len(engines) == 2
+    assert min(busy) > 0.1 * max(busy), f"engine CPU seconds {busy}: one engine did the work"
+
+
+def test_metrics_from_either_api_process_count_every_request(
+    tiny_model_dirs: dict[str, Path], tmp_path: Path
+) -> None:
+    args = ["--model", f"bert={tiny_model_dirs['bert-right']}", *SPLIT]
+    with server_process(args, store=tmp_path / "store") as (url, _):
+        for _ in range(20):  # a new connection each: the kernel spreads them over both processes
+            assert httpx.post(f"{url}/v1/score", json={"inputs": _items(3)}).status_code == 200
+        seen = {metric(url, "rmserve_requests_total", endpoint="/v1/score") for _ in range(10)}
+        items = metric(url, "rmserve_items_total")
+        batched = metric(url, "rmserve_batch_size_sum")
+    assert seen == {20.0}
+    assert items == 60 and batched == 60
+
+
+def test_sigterm_drains_every_process_and_exits_zero(
+    tiny_model_dirs: dict[str, Path], tmp_path: Path
+) -> None:
+    log = tmp_path / "server.log"
+    args = ["--model", f"bert={tiny_model_dirs['bert-right']}", *SPLIT]
+    with server_process(args, store=tmp_path / "store", log_file=log) as (url, process):
+        children = _children(log)
+        with ThreadPoolExecutor(4) as pool:
+            pending = [pool.submit(httpx.post, f"{url}/v1/score", json={"inputs": _items(400)}, timeout=60)
+                       for _ in range(4)]
+            time.sleep(0.5)
+            process.send_signal(signal.SIGTERM)
+            codes = [future.result().status_code for future in pending]
+        process.wait(timeout=60)
+    assert codes == [200] * 4, "admitted work completes through the drain"
+    assert process.returncode == 0
+    assert not [name for name, pid in children.items() if Path(f"/proc/{pid}").exists()]
+
+
+def test_a_killed_engine_answers_every_waiting_request_and_the_server_exits_non_zero(
+    tiny_model_dirs: dict[str, Path], tmp_path: Path
+) -> None:
+    log = tmp_path / "server.log"
+    args = ["--model", f"bert={tiny_model_dirs['bert-right']}", *SPLIT]
+    with server_process(args, store=tmp_path / "store", log_file=log) as (url, process):
+        engine = _children(log)["engine-1"]
+        answers: list[tuple[int | str, float]] = []
+
+        def ask() -> None:
+            started = time.monotonic()
+            try:
+                status: int | str = httpx.post(f"{url}/v1/score", json={"inputs": _items(300)},
+                                               timeout=ANSWER_BOUND_S).status_code
+            except httpx.TransportError as exc:  # only a connection made after the server left
+                status = type(exc).__name__
+            answers.append((status, time.monotonic() - started))
+
+        clients = [threading.Thread(target=ask) for _ in range(12)]
+        for client in clients:
+            client.start()
+        deadline = time.monotonic() + 20
+        while metric(url, "rmserve_queue_depth") == 0 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        os.kill(engine, signal.SIGKILL)
+        readiness = _readiness(url)
+        for client in clients:
+            client.join(ANSWER_BOUND_S + 5)
+        process.wait(timeout=60)
+    statuses = [status for status, _ in answers]
+    assert len(answers) == 12, "every request got an answer"
+    assert set(statuses) <= {200, 503, "ConnectError"}, statuses
+    assert 503 in statuses, "requests waiting on the killed engine are answered 503"
+    assert max(seconds for _, seconds in answers) < ANSWER_BOUND_S
+    assert readiness in (503, "gone"), f"/readyz after the kill: {readiness}"
+    assert process.returncode == 1, "exits non-zero, for the orchestrator to restart it"
+    assert "engine-1 exited" in log.read_text()
+
+
+def _readiness(url: str, within_s: float = 2.0) -> int | str:
+    """/readyz once it stops answering 200 (the front ends hear of the engine in milliseconds)."""
+    deadline = time.monotonic() + within_s
+    status: int | str = 200
+    while status == 200 and time.monotonic() < deadline:
+        try:
+            status = httpx.get(f"{url}/readyz", timeout=5).status_code
+        except httpx.TransportError:
+            status = "gone"
+    return status
