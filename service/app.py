@@ -19,7 +19,7 @@ from service.engine.remote import EnginePool
 from service.lifecycle import Lifecycle, locate_models
 from service.loading import ModelSource
 from service.metrics import Metrics
-from service.scoring.cache import RewardCache
+from service.scoring.cache import reward_cache
 from service.scoring.preparation import ScoringLimits
 from service.scoring.registry import ModelRegistry
 from service.scoring.scorer import Scorer
@@ -34,7 +34,9 @@ def create_app(
     metrics = Metrics()
     registry = ModelRegistry()
     lifecycle = Lifecycle(settings, registry, metrics, EnginePool(engines) if engines else None)
-    scorer = Scorer(registry, scoring_limits(settings), lifecycle, reward_cache(settings))
+    # Engines keep the result cache, shared by every API process; a lone process keeps its own.
+    cache = None if engines else reward_cache(settings.result_cache_mb)
+    scorer = Scorer(registry, scoring_limits(settings), lifecycle, cache)
     keys = ApiKeys(settings.all_api_keys())
     run = _ServerRun(settings, lifecycle, sources if sources is not None else locate_models(settings),
                      lambda: GrpcServer.start(
@@ -125,10 +127,6 @@ def grpc_limits(settings: Settings) -> GrpcConnectionLimits:
         max_age_s=settings.grpc_max_connection_age_s, age_grace_s=settings.body_timeout_s,
         max_connections=settings.max_connections, max_concurrent_rpcs=settings.max_connections,
     )
-
-
-def reward_cache(settings: Settings) -> RewardCache | None:
-    return RewardCache(int(settings.result_cache_mb * 2**20)) if settings.result_cache_mb else None
 
 
 def open_paths(settings: Settings) -> set[str]:

@@ -19,6 +19,7 @@ from service.allocator import fix_mmap_threshold
 from service.app import create_app
 from service.loading import ModelSource
 from service.logs import configure_logging
+from service.scoring.cache import reward_cache
 from service.serving import ConnectionLimits, DrainingServer, bounded_protocol
 from service.settings import Settings
 
@@ -79,7 +80,7 @@ def serve_engine(settings: Settings, sources: list[ModelSource], endpoint: str, 
     from service.engine.engine import run_engine
 
     hf_logging.disable_progress_bar()
-    asyncio.run(run_engine(settings, sources, endpoint))
+    asyncio.run(run_engine(settings, sources, endpoint, reward_cache(settings.result_cache_mb)))
 
 
 def _exit_with_parent(drain: signal.Signals) -> None:

@@ -7,18 +7,22 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import signal
+from dataclasses import dataclass, field
 
 import zmq
 import zmq.asyncio
 
+from service.backends.base import EncodedPair
 from service.batching.batcher import Batcher, BatcherClosedError, QueueFullError
 from service.batching.submission import Submission
 from service.engine import wire
 from service.lifecycle import Lifecycle
 from service.loading import ModelSource
 from service.metrics import DeviceMemorySampler, Metrics
-from service.scoring.registry import ModelRegistry
+from service.scoring.cache import RewardCache, cache_key
+from service.scoring.registry import ModelRegistry, ServedModel
 from service.settings import Settings
 
 logger = logging.getLogger("rmserve.engine")
@@ -26,15 +30,34 @@ logger = logging.getLogger("rmserve.engine")
 Key = tuple[bytes, int]  # (front end's socket identity, its request id)
 
 
-class EngineServer:
-    """Answers front ends' requests with the batchers of the models this engine loaded."""
+@dataclass
+class _Request:
+    """A front end's request in this engine: its submission, and what the result cache knew."""
 
-    def __init__(self, socket: zmq.asyncio.Socket, lifecycle: Lifecycle, registry: ModelRegistry) -> None:
+    submission: Submission
+    served: ServedModel
+    known: list[float | None] = field(default_factory=list)  # per item: the cache's reward, or None
+    computed: list[EncodedPair] = field(default_factory=list)  # the items sent to the model
+
+    @property
+    def batcher(self) -> Batcher:
+        return self.served.batcher  # type: ignore[return-value]
+
+
+class EngineServer:
+    """Answers front ends' requests with the batchers of the models this engine loaded. The
+    result cache is here, not in the front ends, so that every API process shares it."""
+
+    def __init__(
+        self, socket: zmq.asyncio.Socket, lifecycle: Lifecycle, registry: ModelRegistry,
+        cache: RewardCache | None,
+    ) -> None:
         self._socket = socket
         self._lifecycle = lifecycle
         self._registry = registry
+        self._cache = cache
         self._loaded = asyncio.Event()
-        self._open: dict[Key, tuple[Submission, Batcher]] = {}
+        self._open: dict[Key, _Request] = {}
         self._answering: dict[Key, tuple[asyncio.Task[None], Submission]] = {}
         self._background: set[asyncio.Task[None]] = set()  # held so they are not collected mid-way
 
@@ -72,11 +95,12 @@ class EngineServer:
 
     def _add(self, identity: bytes, sid: int, model: str, priority: int, last: bool, *packed: object) -> None:
         key = (identity, sid)
-        batcher = self._registry.get(model).batcher
+        served = self._registry.get(model)
+        batcher = served.batcher
         try:
-            submission = self._open[key][0] if key in self._open else batcher.open(priority)
-            self._open[key] = submission, batcher
-            submission.add(wire.unpack_pairs(*packed))  # type: ignore[arg-type]
+            request = self._open.get(key) or _Request(batcher.open(priority), served)
+            self._open[key] = request
+            request.submission.add(self._look_up(request, wire.unpack_pairs(*packed)))  # type: ignore[arg-type]
         except (QueueFullError, BatcherClosedError) as exc:
             self._open.pop(key, None)
             kind = wire.QUEUE_FULL if isinstance(exc, QueueFullError) else wire.CLOSED
@@ -87,29 +111,61 @@ class EngineServer:
 
     def _finish(self, identity: bytes, sid: int) -> None:
         key = (identity, sid)
-        if (opened := self._open.pop(key, None)) is None:
+        if (request := self._open.pop(key, None)) is None:
             return
-        submission, batcher = opened
-        submission.close()
-        self._answering[key] = asyncio.create_task(self._answer(key, submission, batcher)), submission
+        request.submission.close()
+        self._answering[key] = asyncio.create_task(self._answer(key, request)), request.submission
 
-    async def _answer(self, key: Key, submission: Submission, batcher: Batcher) -> None:
+    async def _answer(self, key: Key, request: _Request) -> None:
         identity, sid = key
         try:
-            outcome = await submission.outcome()
+            outcome = await request.submission.outcome()
         except Exception as exc:  # the forward pass failed: the front end says so, with an error id
             logger.error("forward pass failed", exc_info=exc)
-            await self._send(identity, "error", sid, wire.FAILED, repr(exc), batcher.full)
+            await self._send(identity, "error", sid, wire.FAILED, repr(exc), request.batcher.full)
         else:
-            await self._send(identity, "done", sid, wire.pack_rewards(outcome.rewards),
-                             outcome.timing.queue_s, outcome.timing.compute_s, batcher.full)
+            rewards = self._remember(request, outcome.rewards)
+            await self._send(identity, "done", sid, wire.pack_rewards(rewards),
+                             outcome.timing.queue_s, outcome.timing.compute_s, request.batcher.full)
         finally:
             self._answering.pop(key, None)
 
+    def _look_up(self, request: _Request, pairs: list[EncodedPair]) -> list[EncodedPair]:
+        """What the cache lacks of a part's items (all of them without a cache)."""
+        served = request.served
+        if self._cache is None:
+            request.known += [None] * len(pairs)
+            return pairs
+        known = [self._cache.get(cache_key(served.name, served.version, pair)) for pair in pairs]
+        missed = [pair for pair, reward in zip(pairs, known, strict=True) if reward is None]
+        served.metrics.cache_hits.inc(len(pairs) - len(missed))
+        served.metrics.cache_misses.inc(len(missed))
+        request.known += known
+        request.computed += missed
+        return missed
+
+    def _remember(self, request: _Request, computed: list[float]) -> list[float]:
+        """Every item's reward in order; the computed ones cached (finite only: the front end
+        refuses the others)."""
+        if self._cache is None:
+            return computed
+        served = request.served
+        for pair, reward in zip(request.computed, computed, strict=True):
+            if math.isfinite(reward):
+                self._cache.put(cache_key(served.name, served.version, pair), reward)
+        served.metrics.cache_bytes.set(self._cache.bytes)
+        fresh = iter(computed)
+        return [reward if reward is not None else next(fresh) for reward in request.known]
+
+    def abandon(self) -> None:
+        """Drop the requests still open (more parts announced, never sent), so the batchers can stop."""
+        for key in list(self._open):
+            self._cancel(key)
+
     def _cancel(self, key: Key) -> None:
         """Drop the request's queued items (they never reach a forward pass) and its answer."""
-        if (opened := self._open.pop(key, None)) is not None:
-            opened[0].cancel()
+        if (request := self._open.pop(key, None)) is not None:
+            request.submission.cancel()
         if (answering := self._answering.pop(key, None)) is not None:
             task, submission = answering
             submission.cancel()
@@ -123,7 +179,9 @@ class EngineServer:
         task.add_done_callback(self._background.discard)
 
 
-async def run_engine(settings: Settings, sources: list[ModelSource], endpoint: str) -> None:
+async def run_engine(
+    settings: Settings, sources: list[ModelSource], endpoint: str, cache: RewardCache | None
+) -> None:
     """Load the models on settings.device, serve front ends at `endpoint` until SIGUSR1 (the
     supervisor's, once the front ends have drained), then finish what is queued."""
     stop = asyncio.Event()
@@ -134,8 +192,9 @@ async def run_engine(settings: Settings, sources: list[ModelSource], endpoint: s
     context = zmq.asyncio.Context()
     socket = context.socket(zmq.ROUTER)
     socket.setsockopt(zmq.LINGER, 0)
+    wire.unbounded(socket)
     socket.bind(endpoint)
-    server = EngineServer(socket, lifecycle, registry)
+    server = EngineServer(socket, lifecycle, registry, cache)
     serving = asyncio.create_task(server.serve())
     sampler = DeviceMemorySampler(metrics)
     if await lifecycle.load_all(sources):
@@ -143,6 +202,7 @@ async def run_engine(settings: Settings, sources: list[ModelSource], endpoint: s
     server.loaded()
     logger.info("engine on %s serving at %s", settings.device, endpoint)
     await stop.wait()
+    server.abandon()  # parts of a front end that died mid-request: never to be completed
     await lifecycle.close()  # front ends have drained: this only finishes what is left
     serving.cancel()
     sampler.stop()

@@ -41,6 +41,7 @@ class EngineLink:
         self.name = name
         self._socket = context.socket(zmq.DEALER)
         self._socket.setsockopt(zmq.LINGER, 0)
+        wire.unbounded(self._socket)
         self._monitor = self._socket.get_monitor_socket(zmq.EVENT_CONNECTED | zmq.EVENT_DISCONNECTED)
         self._socket.connect(endpoint)
         self._waiting: dict[int, tuple[asyncio.Future[list[object]], int]] = {}

@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import msgspec
+import zmq
 
 from service.backends.base import EncodedPair
 
@@ -97,3 +98,11 @@ def pack_rewards(rewards: Sequence[float]) -> bytes:
 
 def unpack_rewards(frame: bytes) -> list[float]:
     return array("d", frame).tolist()
+
+
+def unbounded(socket: zmq.Socket) -> None:  # type: ignore[type-arg]
+    """No high-water mark: ZeroMQ would drop (ROUTER) or hold back messages past it, and every
+    message here is a request's part or answer. What waits is bounded by the server's own limits
+    (connections, items per request, the queue)."""
+    socket.setsockopt(zmq.SNDHWM, 0)
+    socket.setsockopt(zmq.RCVHWM, 0)

@@ -46,3 +46,8 @@ class RewardCache:
         while self.bytes > self.max_bytes:
             old, _ = self._entries.popitem(last=False)
             self.bytes -= len(old) + _ENTRY_OVERHEAD_BYTES
+
+
+def reward_cache(size_mb: float) -> RewardCache | None:
+    """The cache --result-cache-mb asks for; None for 0 (off)."""
+    return RewardCache(int(size_mb * 2**20)) if size_mb else None

@@ -81,6 +81,22 @@ def test_metrics_from_either_api_process_count_every_request(
     assert items == 60 and batched == 60
 
 
+def test_the_result_cache_is_shared_by_every_api_process(
+    tiny_model_dirs: dict[str, Path], tmp_path: Path
+) -> None:
+    args = ["--model", f"bert={tiny_model_dirs['bert-right']}", "--api-workers", "2",
+            "--result-cache-mb", "8"]
+    body = {"inputs": _items(5)}
+    with server_process(args, store=tmp_path / "store") as (url, _):
+        first = httpx.post(f"{url}/v1/score", json=body).json()["rewards"]
+        passes = metric(url, "rmserve_batch_size_count")
+        # A new connection each: the kernel spreads them over both API processes.
+        again = [httpx.post(f"{url}/v1/score", json=body).json()["rewards"] for _ in range(10)]
+        assert metric(url, "rmserve_batch_size_count") == passes
+        assert metric(url, "rmserve_cache_hits_total") == 50
+    assert again == [first] * 10
+
+
 def test_sigterm_drains_every_process_and_exits_zero(
     tiny_model_dirs: dict[str, Path], tmp_path: Path
 ) -> None:
