@@ -128,7 +128,8 @@ def test_a_killed_engine_answers_every_waiting_request_and_the_server_exits_non_
         def ask() -> None:
             started = time.monotonic()
             try:
-                status: int | str = httpx.post(f"{url}/v1/score", json={"inputs": _items(300)},
+                # Six parts of 256 items each: every request has parts on both engines.
+                status: int | str = httpx.post(f"{url}/v1/score", json={"inputs": _items(1500)},
                                                timeout=ANSWER_BOUND_S).status_code
             except httpx.TransportError as exc:  # only a connection made after the server left
                 status = type(exc).__name__
@@ -140,6 +141,7 @@ def test_a_killed_engine_answers_every_waiting_request_and_the_server_exits_non_
         deadline = time.monotonic() + 20
         while metric(url, "rmserve_queue_depth") == 0 and time.monotonic() < deadline:
             time.sleep(0.05)
+        time.sleep(0.5)  # every request has arrived and holds parts in both engines' queues
         os.kill(engine, signal.SIGKILL)
         readiness = _readiness(url)
         for client in clients:
