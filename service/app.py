@@ -16,7 +16,7 @@ from service.api.http.errors import install_error_handlers
 from service.api.http.middleware import ApiKeyMiddleware, BodyLimitMiddleware, RequestObserverMiddleware
 from service.api.http.routes import router
 from service.engine.remote import EnginePool
-from service.lifecycle import Lifecycle, locate_models
+from service.lifecycle import Lifecycle, PeersLoaded, locate_models
 from service.loading import ModelSource
 from service.metrics import Metrics
 from service.scoring.cache import reward_cache
@@ -27,13 +27,15 @@ from service.settings import Settings
 
 
 def create_app(
-    settings: Settings, sources: list[ModelSource] | None = None, engines: Sequence[tuple[str, str]] = ()
+    settings: Settings, sources: list[ModelSource] | None = None, engines: Sequence[tuple[str, str]] = (),
+    peers: PeersLoaded | None = None,
 ) -> FastAPI:
     """The HTTP app; models load in the background once it starts (see /readyz). With `engines`
-    ((endpoint, device) of each engine process) it is a front end: the engines compute."""
+    ((endpoint, device) of each engine process) it is a front end: the engines compute, and it is
+    ready once all its `peers` (the API processes) are."""
     metrics = Metrics()
     registry = ModelRegistry()
-    lifecycle = Lifecycle(settings, registry, metrics, EnginePool(engines) if engines else None)
+    lifecycle = Lifecycle(settings, registry, metrics, EnginePool(engines) if engines else None, peers)
     # Engines keep the result cache, shared by every API process; a lone process keeps its own.
     cache = None if engines else reward_cache(settings.result_cache_mb)
     scorer = Scorer(registry, scoring_limits(settings), lifecycle, cache)

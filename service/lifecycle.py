@@ -6,6 +6,7 @@ import asyncio
 import dataclasses
 import logging
 from concurrent.futures import ThreadPoolExecutor
+from typing import Any
 
 from model_store.store import ModelStore
 from service.allocator import HeapTrimmer
@@ -26,6 +27,7 @@ logger = logging.getLogger("rmserve")
 # Measured on a 2-core CPU (benchmarks/RESULTS.md): past ~2k padded tokens a CPU forward gains
 # nothing from more rows, while a GPU keeps gaining up to tens of thousands.
 _CPU_LIMITS = BatchLimits(max_pairs=32, max_tokens=2048, max_padding_fraction=0.2)
+_PEER_POLL_S = 0.05
 _GPU_LIMITS = BatchLimits(max_pairs=256, max_tokens=32768, max_padding_fraction=0.5)
 
 
@@ -71,15 +73,35 @@ def load_backend(source: ModelSource, settings: Settings, pad_token_id: int) -> 
     )
 
 
+class PeersLoaded:
+    """How many of a server's API processes have loaded their models (a counter shared between
+    processes). Each becomes ready only once all have, so that whichever answers a probe or a
+    request, the server is in one state: never 200 from one process and 503 from the next."""
+
+    def __init__(self, counter: Any, processes: int) -> None:
+        self._counter = counter  # a multiprocessing.Value("i")
+        self._processes = processes
+
+    def mark_loaded(self) -> None:
+        with self._counter.get_lock():
+            self._counter.value += 1
+
+    async def wait_for_all(self) -> None:
+        while self._counter.value < self._processes:
+            await asyncio.sleep(_PEER_POLL_S)
+
+
 class Lifecycle:
     """Loads, warms up and registers the models in the background while the server answers;
     says whether it is ready; drains on shutdown. With `engines` (a front end of several
     processes), the backends and batchers are the engine processes'; this process tokenises."""
 
     def __init__(
-        self, settings: Settings, registry: ModelRegistry, metrics: Metrics, engines: EnginePool | None = None
+        self, settings: Settings, registry: ModelRegistry, metrics: Metrics,
+        engines: EnginePool | None = None, peers: PeersLoaded | None = None,
     ) -> None:
         self._settings = settings
+        self._peers = peers
         self._registry = registry
         self._metrics = metrics
         self._engines = engines
@@ -111,6 +133,9 @@ class Lifecycle:
                 self._cards = await self._engines.models()
             for source in sources:
                 await self._load(source)
+            if self._peers is not None:
+                self._peers.mark_loaded()
+                await self._peers.wait_for_all()
         except Exception as exc:
             logger.exception("loading models failed")
             self._failure = f"model loading failed: {exc}"

@@ -11,12 +11,14 @@ import socket
 import threading
 import time
 from collections.abc import Sequence
+from typing import Any
 
 import uvicorn
 from fastapi import FastAPI
 
 from service.allocator import fix_mmap_threshold
 from service.app import create_app
+from service.lifecycle import PeersLoaded
 from service.loading import ModelSource
 from service.logs import configure_logging
 from service.scoring.cache import reward_cache
@@ -52,7 +54,8 @@ def serve_in_process(settings: Settings, sources: list[ModelSource]) -> None:
 
 
 def serve_front_end(
-    settings: Settings, sources: list[ModelSource], engines: Sequence[tuple[str, str]], role: str
+    settings: Settings, sources: list[ModelSource], engines: Sequence[tuple[str, str]], role: str,
+    loaded: Any,
 ) -> None:
     """An API process of several: HTTP and gRPC on the shared ports, the models in the engines."""
     # Ctrl-C in a terminal reaches every process of the group: the supervisor turns it into one
@@ -60,7 +63,7 @@ def serve_front_end(
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     _exit_with_parent(signal.SIGTERM)
     configure_logging(settings.log_level, settings.log_format, role)
-    app = create_app(settings, sources, engines)
+    app = create_app(settings, sources, engines, PeersLoaded(loaded, settings.api_workers))
     listener = _shared_listener(settings.host, settings.port)
     server = DrainingServer(uvicorn_config(app, settings), app.state.begin_shutdown, (signal.SIGTERM,))
     server.run(sockets=[listener])

@@ -66,9 +66,10 @@ def serve_processes(settings: Settings, sources: list[ModelSource]) -> int:
                           args=(engine_settings(settings, device), sources, endpoint, f"engine-{i}"))
             for i, ((endpoint, _), device) in enumerate(zip(endpoints, devices, strict=True))
         ]
+        loaded = spawn.Value("i", 0)  # API processes that have loaded: all are ready together
         front_ends = [
             spawn.Process(target=serve_front_end, name=f"api-{i}",
-                          args=(settings, sources, endpoints, f"api-{i}"))
+                          args=(settings, sources, endpoints, f"api-{i}", loaded))
             for i in range(settings.api_workers)
         ]
         group = _Group(engines, front_ends, settings.shutdown_grace_s + _EXIT_MARGIN_S)

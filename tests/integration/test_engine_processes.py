@@ -72,6 +72,8 @@ def test_metrics_from_either_api_process_count_every_request(
 ) -> None:
     args = ["--model", f"bert={tiny_model_dirs['bert-right']}", *SPLIT]
     with server_process(args, store=tmp_path / "store") as (url, _):
+        # Ready from one process is ready from all: they turn ready together.
+        assert {httpx.get(f"{url}/readyz").status_code for _ in range(20)} == {200}
         for _ in range(20):  # a new connection each: the kernel spreads them over both processes
             assert httpx.post(f"{url}/v1/score", json={"inputs": _items(3)}).status_code == 200
         seen = {metric(url, "rmserve_requests_total", endpoint="/v1/score") for _ in range(10)}
