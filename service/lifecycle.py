@@ -76,7 +76,8 @@ def load_backend(source: ModelSource, settings: Settings, pad_token_id: int) -> 
 class PeersLoaded:
     """How many of a server's API processes have loaded their models (a counter shared between
     processes). Each becomes ready only once all have, so that whichever answers a probe or a
-    request, the server is in one state: never 200 from one process and 503 from the next."""
+    request, the server is in one state: never 200 from one process and 503 from the next.
+    Readiness reads the counter itself, so every process turns ready the moment the last loads."""
 
     def __init__(self, counter: Any, processes: int) -> None:
         self._counter = counter  # a multiprocessing.Value("i")
@@ -86,8 +87,12 @@ class PeersLoaded:
         with self._counter.get_lock():
             self._counter.value += 1
 
+    @property
+    def all_loaded(self) -> bool:
+        return self._counter.value >= self._processes
+
     async def wait_for_all(self) -> None:
-        while self._counter.value < self._processes:
+        while not self.all_loaded:
             await asyncio.sleep(_PEER_POLL_S)
 
 
@@ -109,7 +114,8 @@ class Lifecycle:
         self._executors: dict[str, ThreadPoolExecutor] = {}
         # One per process: resident memory is the process's (service/allocator.py).
         self._trimmer = HeapTrimmer.for_this_process(settings.malloc_trim_slack_mib * 1024 * 1024)
-        self._ready = False
+        self._loaded = False  # this process's models serve
+        self._peers_loaded = peers is None  # latched: the counter only grows
         self._failure: str | None = None  # why loading failed
         self._draining = False
 
@@ -120,9 +126,14 @@ class Lifecycle:
             return stopped
         if self._draining:
             return "the server is shutting down"
-        if not self._ready:
+        if not self._loaded or not self._all_peers_loaded():
             return self._failure or "models are still loading"
         return None
+
+    def _all_peers_loaded(self) -> bool:
+        if not self._peers_loaded and self._peers is not None:
+            self._peers_loaded = self._peers.all_loaded
+        return self._peers_loaded
 
     async def load_all(self, sources: list[ModelSource]) -> bool:
         """Load every model; True once all serve, False (the reason in not_ready_reason) if one failed."""
@@ -133,14 +144,14 @@ class Lifecycle:
                 self._cards = await self._engines.models()
             for source in sources:
                 await self._load(source)
-            if self._peers is not None:
-                self._peers.mark_loaded()
-                await self._peers.wait_for_all()
         except Exception as exc:
             logger.exception("loading models failed")
             self._failure = f"model loading failed: {exc}"
             return False
-        self._ready = True
+        self._loaded = True
+        if self._peers is not None:
+            self._peers.mark_loaded()
+            await self._peers.wait_for_all()  # for the metric and the log line only
         self._set_ready_metric(1)
         logger.info("ready: %s", ", ".join(f"{m.name}:{m.version}" for m in self._registry.all()))
         return True
@@ -206,7 +217,7 @@ class Lifecycle:
 
     async def close(self) -> None:
         """Finish what is queued, then stop every batcher and worker thread."""
-        self._ready = False
+        self._loaded = False
         self._set_ready_metric(0)
         for model in self._registry.all():
             await model.batcher.stop()
