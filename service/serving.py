@@ -263,6 +263,7 @@ class DrainingServer(uvicorn.Server):
             yield
             return
         previous = {sig: signal.signal(sig, self.handle_exit) for sig in self._signals}
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, self._signals)  # held since its start (supervisor)
         try:
             yield
         finally:

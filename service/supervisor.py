@@ -10,12 +10,14 @@ where an engine restarted behind live front ends would hide a crash loop.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import multiprocessing
 import os
 import signal
 import socket
 import tempfile
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from multiprocessing.connection import wait
 from multiprocessing.process import BaseProcess
@@ -37,7 +39,8 @@ _POLL_S = 0.2
 # What asks a process to drain and exit: SIGTERM for a front end; SIGUSR1 for an engine, which
 # ignores SIGTERM and SIGINT since a signal to the whole group (Ctrl-C, `timeout`) reaches it
 # too, and it must outlive the front ends' drain.
-DRAIN_SIGNAL = {False: signal.SIGTERM, True: signal.SIGUSR1}
+FRONT_END_DRAIN = signal.SIGTERM
+ENGINE_DRAIN = signal.SIGUSR1
 
 
 def engine_settings(settings: Settings, device: str) -> Settings:
@@ -81,6 +84,18 @@ def _free_port(host: str) -> int:
         return probe.getsockname()[1]
 
 
+@contextlib.contextmanager
+def _blocked(*signals: signal.Signals) -> Iterator[None]:
+    """Signals held pending in this process meanwhile, and in the children started meanwhile (a
+    child inherits the mask) until each installs its handler: a stop asked while a child is still
+    importing is then a drain and exit 0, not a death by the signal's default action."""
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, signals)
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
+
+
 @dataclass
 class _Group:
     engines: list[BaseProcess]
@@ -91,10 +106,11 @@ class _Group:
     def run(self) -> int:
         previous = {sig: signal.signal(sig, self._on_signal) for sig in (signal.SIGTERM, signal.SIGINT)}
         try:
-            for process in [*self.engines, *self.front_ends]:
-                process.start()
-                logger.info("%s started", process.name,
-                            extra={"child": process.name, "child_pid": process.pid})
+            with _blocked(FRONT_END_DRAIN, ENGINE_DRAIN):
+                for process in [*self.engines, *self.front_ends]:
+                    process.start()
+                    logger.info("%s started", process.name,
+                                extra={"child": process.name, "child_pid": process.pid})
             logger.info("serving with %d API processes and %d engines", len(self.front_ends),
                         len(self.engines))
             return self._watch()
@@ -120,20 +136,23 @@ class _Group:
 
     def _stop(self) -> bool:
         """Front ends first, then engines; True if every process exited cleanly."""
-        clean = [self._end(group) for group in (self.front_ends, self.engines)]
+        clean = [self._end(self.front_ends, FRONT_END_DRAIN), self._end(self.engines, ENGINE_DRAIN)]
         return all(clean)
 
-    def _end(self, processes: list[BaseProcess]) -> bool:
+    def _end(self, processes: list[BaseProcess], drain: signal.Signals) -> bool:
         for process in processes:
             if process.is_alive() and process.pid is not None:
-                os.kill(process.pid, DRAIN_SIGNAL[process in self.engines])
+                os.kill(process.pid, drain)
         clean = True
         for process in processes:
             process.join(self.exit_wait_s)
             if process.is_alive():
-                logger.error("%s still running %.0f s after SIGTERM: killed", process.name, self.exit_wait_s)
+                logger.error("%s still running %.0f s after %s: killed", process.name, self.exit_wait_s,
+                             drain.name)
                 process.kill()
                 process.join()
+            elif process.exitcode != 0:
+                logger.error("%s exited (code %s) while draining", process.name, process.exitcode)
             clean = clean and process.exitcode == 0
             if process.pid is not None:
                 multiprocess.mark_process_dead(process.pid)

@@ -187,6 +187,7 @@ async def run_engine(
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     loop.add_signal_handler(signal.SIGUSR1, stop.set)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGUSR1})  # held since its start (supervisor)
     metrics, registry = Metrics(), ModelRegistry()
     lifecycle = Lifecycle(settings, registry, metrics)
     context = zmq.asyncio.Context()

@@ -17,7 +17,8 @@ from typing import Any
 from benchmarks.harness import LOOPBACK, free_port, free_ports, metric, serve_command, started_server
 
 # Re-exported: the tests import them from here.
-__all__ = ["STARTUP_TIMEOUT_S", "free_port", "free_ports", "metric", "running_server", "server_process"]
+__all__ = ["STARTUP_TIMEOUT_S", "free_port", "free_ports", "metric", "running_server", "serve_command",
+           "server_process"]
 
 STARTUP_TIMEOUT_S = 120
 
