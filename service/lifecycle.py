@@ -112,8 +112,9 @@ class Lifecycle:
         self._engines = engines
         self._cards: dict[str, ModelCard] = {}
         self._executors: dict[str, ThreadPoolExecutor] = {}
-        # One per process: resident memory is the process's (service/allocator.py).
-        self._trimmer = HeapTrimmer.for_this_process(settings.malloc_trim_slack_mib * 1024 * 1024)
+        # One per process that runs forwards: resident memory is the process's (service/allocator.py).
+        self._trimmer = None if engines is not None else HeapTrimmer.for_this_process(
+            settings.malloc_trim_slack_mib * 1024 * 1024)
         self._loaded = False  # this process's models serve
         self._peers_loaded = peers is None  # latched: the counter only grows
         self._failure: str | None = None  # why loading failed
