@@ -71,10 +71,9 @@ class EngineLink:
         self._socket.send(wire.encode(*fields))
 
     def expect(self, sid: int, items: int) -> asyncio.Future[list[object]]:
-        """The answer to request `sid`, which sends this engine `items` more items."""
+        """The answer to request `sid`, which sends this engine `items` more items (a live engine:
+        EnginePool.pick refuses when any has stopped)."""
         future, counted = self._waiting.get(sid) or (asyncio.get_running_loop().create_future(), 0)
-        if self.stopped:
-            future.set_exception(EngineStoppedError(self.stopped))
         self._waiting[sid] = (future, counted + items)
         self.outstanding += items
         return future

@@ -11,7 +11,7 @@ Front end -> engine (a DEALER to the engine's ROUTER):
     ("cancel", sid)                       drop what is still queued
 Engine -> front end:
     ("done", sid, rewards(float64), queue_s, compute_s, queue_items)
-    ("error", sid, kind, message, queue_items)   kind: one of ERROR_KINDS
+    ("error", sid, kind, message, queue_items)   kind: QUEUE_FULL, CLOSED or FAILED
 """
 
 from __future__ import annotations
@@ -27,7 +27,6 @@ import zmq
 from service.backends.base import EncodedPair
 
 QUEUE_FULL, CLOSED, FAILED = "queue_full", "closed", "failed"
-ERROR_KINDS = (QUEUE_FULL, CLOSED, FAILED)
 
 _encoder = msgspec.msgpack.Encoder()
 _decoder = msgspec.msgpack.Decoder()
