@@ -7,7 +7,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import math
 import signal
 from dataclasses import dataclass, field
 
@@ -21,7 +20,7 @@ from service.engine import wire
 from service.lifecycle import Lifecycle
 from service.loading import ModelSource
 from service.metrics import DeviceMemorySampler, Metrics
-from service.scoring.cache import RewardCache, cache_key
+from service.scoring.cache import RewardCache, look_up, merged, remember
 from service.scoring.registry import ModelRegistry, ServedModel
 from service.settings import Settings
 
@@ -37,7 +36,7 @@ class _Request:
     submission: Submission
     served: ServedModel
     known: list[float | None] = field(default_factory=list)  # per item: the cache's reward, or None
-    computed: list[EncodedPair] = field(default_factory=list)  # the items sent to the model
+    missed: list[bytes] = field(default_factory=list)  # the cache keys of the items sent to the model
 
     @property
     def batcher(self) -> Batcher:
@@ -83,11 +82,10 @@ class EngineServer:
         if reason := self._lifecycle.not_ready_reason:
             await self._send(identity, "failed", reason)
             return
-        cards = [self._card(model.name).as_wire() for model in self._registry.all()]
+        cards = [self._card(model).as_wire() for model in self._registry.all()]
         await self._send(identity, "models", cards)
 
-    def _card(self, name: str) -> wire.ModelCard:
-        served = self._registry.get(name)
+    def _card(self, served: ServedModel) -> wire.ModelCard:
         limits, info = served.batcher.limits, served.backend
         return wire.ModelCard(served.name, served.version, info.backend, info.device, info.dtype,
                               info.shares_prefixes, limits.max_pairs, limits.max_tokens,
@@ -132,30 +130,15 @@ class EngineServer:
 
     def _look_up(self, request: _Request, pairs: list[EncodedPair]) -> list[EncodedPair]:
         """What the cache lacks of a part's items (all of them without a cache)."""
-        served = request.served
-        if self._cache is None:
-            request.known += [None] * len(pairs)
-            return pairs
-        known = [self._cache.get(cache_key(served.name, served.version, pair)) for pair in pairs]
-        missed = [pair for pair, reward in zip(pairs, known, strict=True) if reward is None]
-        served.metrics.cache_hits.inc(len(pairs) - len(missed))
-        served.metrics.cache_misses.inc(len(missed))
+        known, missed = look_up(self._cache, request.served, pairs)
         request.known += known
-        request.computed += missed
-        return missed
+        request.missed += missed
+        return [pair for pair, reward in zip(pairs, known, strict=True) if reward is None]
 
     def _remember(self, request: _Request, computed: list[float]) -> list[float]:
-        """Every item's reward in order; the computed ones cached (finite only: the front end
-        refuses the others)."""
-        if self._cache is None:
-            return computed
-        served = request.served
-        for pair, reward in zip(request.computed, computed, strict=True):
-            if math.isfinite(reward):
-                self._cache.put(cache_key(served.name, served.version, pair), reward)
-        served.metrics.cache_bytes.set(self._cache.bytes)
-        fresh = iter(computed)
-        return [reward if reward is not None else next(fresh) for reward in request.known]
+        """Every item's reward in order; the computed ones cached."""
+        remember(self._cache, request.served, request.missed, computed)
+        return merged(request.known, computed)
 
     def abandon(self) -> None:
         """Drop the requests still open (more parts announced, never sent), so the batchers can stop."""

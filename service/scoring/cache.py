@@ -7,10 +7,16 @@ ranking the same candidates again. Used from the event loop only, so it needs no
 
 from __future__ import annotations
 
+import math
 from array import array
 from collections import OrderedDict
+from collections.abc import Iterable, Sequence
+from typing import TYPE_CHECKING
 
 from service.backends.base import EncodedPair
+
+if TYPE_CHECKING:
+    from service.scoring.registry import ServedModel
 
 # Per entry beyond its key's bytes: the dict slot, the key and float objects (measured, CPython).
 _ENTRY_OVERHEAD_BYTES = 160
@@ -51,3 +57,37 @@ class RewardCache:
 def reward_cache(size_mb: float) -> RewardCache | None:
     """The cache --result-cache-mb asks for; None for 0 (off)."""
     return RewardCache(int(size_mb * 2**20)) if size_mb else None
+
+
+def look_up(
+    cache: RewardCache | None, served: ServedModel, pairs: Sequence[EncodedPair]
+) -> tuple[list[float | None], list[bytes]]:
+    """Each pair's cached reward (None where missed; all None without a cache), and the keys of the
+    missed ones, for `remember` to put their rewards under; hits and misses counted."""
+    if cache is None:
+        return [None] * len(pairs), []
+    keys = [cache_key(served.name, served.version, pair) for pair in pairs]
+    known = [cache.get(key) for key in keys]
+    missed = [key for key, reward in zip(keys, known, strict=True) if reward is None]
+    served.metrics.cache_hits.inc(len(keys) - len(missed))
+    served.metrics.cache_misses.inc(len(missed))
+    return known, missed
+
+
+def remember(
+    cache: RewardCache | None, served: ServedModel, missed: Sequence[bytes], computed: Sequence[float]
+) -> None:
+    """The computed rewards cached under the keys `look_up` gave, finite ones only (the others
+    are refused, never served)."""
+    if cache is None:
+        return
+    for key, reward in zip(missed, computed, strict=True):
+        if math.isfinite(reward):
+            cache.put(key, reward)
+    served.metrics.cache_bytes.set(cache.bytes)
+
+
+def merged(known: Iterable[float | None], computed: Iterable[float]) -> list[float]:
+    """Every item's reward in order: the cached ones, and the computed ones where the cache missed."""
+    fresh = iter(computed)
+    return [reward if reward is not None else next(fresh) for reward in known]

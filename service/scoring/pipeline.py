@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from service.batching.submission import Timing
-from service.scoring.cache import RewardCache, cache_key
+from service.scoring.cache import RewardCache, look_up, merged, remember
 from service.scoring.errors import InternalScoringError
 from service.scoring.formatting import FormattedItem
 from service.scoring.items import ScoreInput
@@ -53,10 +53,11 @@ async def raw_rewards(
     for every reward. Refuses non-finite rewards."""
     formatted: list[FormattedItem] = []
     known: list[float | None] = []  # from the cache
+    missed: list[bytes] = []  # the cache keys of the items computed
     for start in range(0, len(items), TOKENIZE_CHUNK):
         part = items[start : start + TOKENIZE_CHUNK]
         chunk = await asyncio.to_thread(tokenize, part, served.formatter, limits, start)
-        hits = _cached(served, cache, chunk)
+        hits, keys = look_up(cache, served, [f.pair for f in chunk])
         todo = [i for i, reward in enumerate(hits) if reward is None]
         pairs, shared = group_prompts([part[i] for i in todo], [chunk[i].pair for i in todo], limits,
                                       backend_shares=served.backend.shares_prefixes)
@@ -64,30 +65,14 @@ async def raw_rewards(
         submission.add(pairs)
         formatted += chunk
         known += hits
+        missed += keys
     submission.close()
     batched = await submission.outcome()
-    computed = iter(batched.rewards)
-    rewards = [reward if reward is not None else next(computed) for reward in known]
+    rewards = merged(known, batched.rewards)
     if not all(math.isfinite(r) for r in rewards):
         raise _non_finite(served.name, formatted, rewards)
-    if cache is not None:
-        for f, hit, reward in zip(formatted, known, rewards, strict=True):
-            if hit is None:
-                cache.put(cache_key(served.name, served.version, f.pair), reward)
-        served.metrics.cache_bytes.set(cache.bytes)
+    remember(cache, served, missed, batched.rewards)
     return RawRewards(formatted, rewards, batched.timing)
-
-
-def _cached(
-    served: ServedModel, cache: RewardCache | None, chunk: Sequence[FormattedItem]
-) -> list[float | None]:
-    if cache is None:
-        return [None] * len(chunk)
-    hits = [cache.get(cache_key(served.name, served.version, f.pair)) for f in chunk]
-    found = sum(hit is not None for hit in hits)
-    served.metrics.cache_hits.inc(found)
-    served.metrics.cache_misses.inc(len(hits) - found)
-    return hits
 
 
 def _non_finite(
