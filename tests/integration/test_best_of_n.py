@@ -59,8 +59,7 @@ def test_rank_computes_the_prompt_once_and_equals_full_sequences(
 
 def test_cache_hits_return_identical_rewards_without_a_forward_pass(server: str) -> None:
     body = {"inputs": [{"prompt": "cache me", "response": r} for r in RESPONSES]}
-    # One connection: with several API processes each keeps its own cache, and a connection
-    # stays with one process.
+    # The cache is the engines', shared by every API process (test_engine_processes.py).
     with httpx.Client(base_url=server) as client:
         first = client.post("/v1/score", json=body).json()
         passes, hits = forward_passes(server), metric(server, "rmserve_cache_hits_total")
