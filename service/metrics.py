@@ -240,9 +240,10 @@ class DeviceMemorySampler:
         self._every_s = every_s
         self._task: asyncio.Task[None] | None = None
 
-    def start(self, devices: set[str]) -> None:
+    def start(self) -> None:
+        """Sample the devices the models loaded so far run on (Lifecycle records them)."""
         if self._metrics.multiprocess:
-            self._task = asyncio.create_task(self._sample(sorted(devices)))
+            self._task = asyncio.create_task(self._sample(sorted(self._metrics.device_memory.devices)))
 
     async def _sample(self, devices: list[str]) -> None:
         while True:

@@ -182,7 +182,7 @@ async def run_engine(
     serving = asyncio.create_task(server.serve())
     sampler = DeviceMemorySampler(metrics)
     if await lifecycle.load_all(sources):
-        sampler.start({model.backend.device for model in registry.all()})
+        sampler.start()
     server.loaded()
     logger.info("engine on %s serving at %s", settings.device, endpoint)
     await stop.wait()
