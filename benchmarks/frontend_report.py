@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from frontend_workload import SHAPES
+from report import fmt
 from workload import Workload
 
 BUSY_MACHINE_PCT = 20.0  # other processes' CPU in a window above this: its numbers are not clean
@@ -32,10 +33,6 @@ class FrontendResult:
     server_processes: int  # the server and its descendants alive at both edges of the window
     processes_changed: int  # born or gone during the window: their CPU is not counted
     mean_batch_pairs: float | None
-
-
-def fmt(value: float | None, spec: str) -> str:
-    return "-" if value is None or value != value else format(value, spec)
 
 
 def ratios(parts: dict[str, dict[str, list[FrontendResult]]], workload: str) -> dict[str, dict[int, float]]:

