@@ -19,27 +19,40 @@ IDLE_LEAVES = frozenset({"Condition.wait (threading.py)", "_worker (concurrent/f
                          "EpollSelector.select (selectors.py)", "Event.wait (threading.py)"})
 
 
-def tree_ticks(root: int) -> dict[tuple[int, int], int]:
-    """utime+stime ticks of `root` and each live descendant, keyed by (pid, start time) so a reused
-    pid is not mistaken for the same process. Read live: cutime/cstime count only reaped children."""
-    stats: dict[int, tuple[int, int, int]] = {}  # pid -> (ppid, start time, ticks)
+def stat_fields(pid: int) -> list[str]:
+    # The command name may hold spaces and parentheses: the fields start after its last ')'.
+    return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+
+
+def process_tree(root: int) -> list[int]:
+    """`root` and every live descendant, found by walking /proc by parent pid."""
+    children: dict[int, list[int]] = {}
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
             continue
         try:
-            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
-        except (FileNotFoundError, ProcessLookupError):
+            children.setdefault(int(stat_fields(int(entry.name))[1]), []).append(int(entry.name))
+        except (FileNotFoundError, ProcessLookupError, IndexError):
             continue  # exited while we looked
-        stats[int(entry.name)] = (int(fields[1]), int(fields[19]), int(fields[11]) + int(fields[12]))
-    children: dict[int, list[int]] = {}
-    for pid, (ppid, _, _) in stats.items():
-        children.setdefault(ppid, []).append(pid)
-    tree, todo = {}, [root] if root in stats else []
-    while todo:
+    tree, todo = [], [root]
+    while todo:  # a tree of live pids: every pid is visited once
         pid = todo.pop()
-        tree[(pid, stats[pid][1])] = stats[pid][2]
+        tree.append(pid)
         todo.extend(children.get(pid, []))
     return tree
+
+
+def tree_ticks(root: int) -> dict[tuple[int, int], int]:
+    """utime+stime ticks of `root` and each live descendant, keyed by (pid, start time) so a reused
+    pid is not mistaken for the same process. Read live: cutime/cstime count only reaped children."""
+    ticks: dict[tuple[int, int], int] = {}
+    for pid in process_tree(root):
+        try:
+            fields = stat_fields(pid)
+        except (FileNotFoundError, ProcessLookupError):
+            continue  # exited while we looked
+        ticks[(pid, int(fields[19]))] = int(fields[11]) + int(fields[12])
+    return ticks
 
 
 def profile(pid: int, seconds: float, out: Path) -> subprocess.Popen[bytes] | None:

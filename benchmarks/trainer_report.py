@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from process_cpu import process_tree, stat_fields
 from workload import Workload
 
 # Issue 18's targets: served/offline at 8,192 items (CPU, GPU) and CPU per item at the largest
@@ -26,35 +27,12 @@ CPU_GROWTH_TARGET = 1.10
 MIB = 1024 * 1024
 
 
-def _stat_fields(pid: int) -> list[str]:
-    # The command name may hold spaces and parentheses: the fields start after its last ')'.
-    return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-
-
-def process_tree(root: int) -> list[int]:
-    """`root` and every live descendant, found by walking /proc by parent pid."""
-    children: dict[int, list[int]] = {}
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            children.setdefault(int(_stat_fields(int(entry.name))[1]), []).append(int(entry.name))
-        except (FileNotFoundError, ProcessLookupError, IndexError):
-            continue  # exited while we looked
-    tree, todo = [], [root]
-    while todo:  # a tree of live pids: every pid is visited once
-        pid = todo.pop()
-        tree.append(pid)
-        todo.extend(children.get(pid, []))
-    return tree
-
-
 def tree_cpu_s(root: int) -> float:
     """User + system CPU seconds of `root`'s process tree, all threads, reaped children included."""
     ticks = 0
     for pid in process_tree(root):
         try:
-            fields = _stat_fields(pid)
+            fields = stat_fields(pid)
         except (FileNotFoundError, ProcessLookupError):
             continue
         ticks += sum(int(f) for f in fields[11:15])  # utime stime cutime cstime
