@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from array import array
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import astuple, dataclass
 from typing import Any
 
 import msgspec
@@ -55,8 +55,7 @@ class ModelCard:
     max_padding_fraction: float
 
     def as_wire(self) -> list[Any]:
-        return [self.name, self.version, self.backend, self.device, self.dtype, self.shares_prefixes,
-                self.max_pairs, self.max_tokens, self.max_padding_fraction]
+        return list(astuple(self))  # the fields in order: from_wire's arguments
 
     @classmethod
     def from_wire(cls, fields: Sequence[Any]) -> ModelCard:
